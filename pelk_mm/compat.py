@@ -1,0 +1,131 @@
+"""Fixes for running the OpenMMLab 2.0 stack (mmengine 0.10.7, mmcv 2.1, mmpretrain 1.2, mmseg 1.2.2, mmdet 3.3)
+on modern PyTorch. Imported by ``pelk_mm/__init__.py``, so every entry point that imports pelk_mm (our tools, and
+any config with ``custom_imports=dict(imports=['pelk_mm'])``) gets them. Each patch is idempotent.
+
+1. ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, so mmengine's local checkpoint loader cannot
+   read Runner checkpoints (``--resume``, ``load_from``, ``init_cfg=Pretrained``). Local files are loaded with
+   ``weights_only=False`` (they are the user's own checkpoints), and an unreadable file raises one clear error
+   naming the file instead of an unpickling traceback.
+2. mmengine writes checkpoints with a plain ``open(path, 'wb')``: a kill while saving leaves a truncated file that
+   ``--resume`` then picks. Local writes go to a temporary file in the same folder, are fsync'ed and renamed over
+   the target (atomic on POSIX).
+3. mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` unconditionally, which fails on CPU-only
+   machines; there the process group is initialised with ``gloo`` and no device is set. Likewise the DDP wrapper
+   gets no ``device_ids`` for a CPU model, and SyncBN (CUDA-only in torch) is reverted to BN on CPU as the Runner
+   already does for single-process runs.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import tempfile
+
+import torch
+
+_PATCHED = False
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
+
+
+def load_local_checkpoint(filename: str, map_location=None):
+    """``torch.load`` a local checkpoint with ``weights_only=False`` and a one-line error on failure."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file {filename!r} does not exist')
+    size = osp.getsize(filename)
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointLoadError(
+            f'cannot read checkpoint {filename!r} ({size} bytes): {type(err).__name__}: {reason}. The file is '
+            f'truncated or corrupt (e.g. the run was killed while writing it) or not a PyTorch checkpoint; '
+            f'use another checkpoint (e.g. an earlier epoch_*.pth / iter_*.pth in the same work_dir)') from None
+
+
+def _atomic_write(data, filepath, mode: str, encoding=None) -> None:
+    filepath = str(filepath)
+    folder = osp.dirname(osp.abspath(filepath))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filepath) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _patch_checkpoint_io() -> None:
+    from mmengine.fileio.backends.local_backend import LocalBackend
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+
+    def put(self, obj: bytes, filepath) -> None:
+        _atomic_write(obj, filepath, 'wb')
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        _atomic_write(obj, filepath, 'w', encoding=encoding)
+
+    put.__doc__ = 'Atomically write bytes to ``filepath`` (temp file + fsync + rename; patched by pelk_mm).'
+    put_text.__doc__ = 'Atomically write text to ``filepath`` (temp file + fsync + rename; patched by pelk_mm).'
+    LocalBackend.put = put
+    LocalBackend.put_text = put_text
+
+
+def _patch_cpu_launcher() -> None:
+    import mmengine.dist.utils as dist_utils
+
+    original = dist_utils._init_dist_pytorch
+
+    def _init_dist_pytorch(backend, init_backend='torch', **kwargs) -> None:
+        if torch.cuda.is_available() or init_backend != 'torch':
+            return original(backend, init_backend=init_backend, **kwargs)
+        import torch.distributed as torch_dist
+        if backend == 'nccl':  # the default of every config; NCCL needs GPUs
+            backend = 'gloo'
+        torch_dist.init_process_group(backend=backend, **kwargs)
+
+    dist_utils._init_dist_pytorch = _init_dist_pytorch
+
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.model.wrappers import MMDistributedDataParallel
+    from mmengine.runner import Runner
+
+    ddp_init = MMDistributedDataParallel.__init__
+
+    def __init__(self, module, detect_anomalous_params: bool = False, **kwargs):
+        if not any(p.is_cuda for p in module.parameters()):
+            kwargs.pop('device_ids', None)  # DDP rejects device_ids for CPU modules
+            kwargs.pop('output_device', None)
+        ddp_init(self, module, detect_anomalous_params=detect_anomalous_params, **kwargs)
+
+    MMDistributedDataParallel.__init__ = __init__
+
+    wrap_model = Runner.wrap_model
+
+    def wrap_model_cpu_safe(self, model_wrapper_cfg, model):
+        if self.distributed and not torch.cuda.is_available():
+            model = revert_sync_batchnorm(model)  # torch's SyncBatchNorm runs on CUDA only
+        return wrap_model(self, model_wrapper_cfg, model)
+
+    Runner.wrap_model = wrap_model_cpu_safe
+
+
+def apply() -> None:
+    global _PATCHED
+    if _PATCHED:
+        return
+    _patch_checkpoint_io()
+    _patch_cpu_launcher()
+    _PATCHED = True
+
+
+apply()

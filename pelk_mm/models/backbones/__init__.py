@@ -1,0 +1,3 @@
+from .pelk import PeLK, PeLKBlock, PeLKStage
+
+__all__ = ['PeLK', 'PeLKBlock', 'PeLKStage']
