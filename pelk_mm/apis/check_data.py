@@ -1,0 +1,164 @@
+"""Fail fast, with one readable paragraph, when a config's dataset paths do not exist.
+
+Without this check a missing dataset surfaces as a stack trace from deep inside a dataset class (``assert
+osp.isfile(self.ann_file)``, pycocotools ``FileNotFoundError``, an empty folder scan ...) after the model has been
+built. :func:`check_data_paths` walks the dataloaders a run will build, resolves ``data_root`` / ``ann_file`` /
+``data_prefix`` exactly as mmengine's ``BaseDataset`` does (relative ``ann_file`` and prefixes are joined to
+``data_root``), and raises :class:`MissingDataError` naming the config key, the missing path, the expected layout
+and how to get the data.
+"""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+__all__ = ['MissingDataError', 'find_missing_data', 'check_data_paths', 'DATALOADERS_FOR_MODE']
+
+#: dataloaders each mode builds (the Runner builds val only when validation is on)
+DATALOADERS_FOR_MODE = {
+    'train': ('train_dataloader', 'val_dataloader'),
+    'val': ('val_dataloader', ),
+    'test': ('test_dataloader', ),
+}
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset path named in the config does not exist. ``str(err)`` is the user-facing paragraph."""
+
+    def __init__(self, message: str, key: str, path: str):
+        super().__init__(message)
+        self.key = key
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _is_remote(path: str, backend_args: Optional[dict]) -> bool:
+    if '://' in str(path) or str(path).startswith(('s3:', 'petrel:', 'openmmlab:', 'http:', 'https:')):
+        return True
+    if backend_args and backend_args.get('backend', 'local') not in ('local', 'disk'):
+        return True
+    return False
+
+
+def _join(root: str, path: str) -> str:
+    if not root or osp.isabs(path):
+        return path
+    return osp.join(root, path)
+
+
+def _type_name(dataset_cfg) -> str:
+    t = dataset_cfg.get('type', '')
+    return t if isinstance(t, str) else getattr(t, '__name__', str(t))
+
+
+def _walk_datasets(cfg, key: str) -> Iterator[Tuple[str, dict]]:
+    """Yield ``(config key, dataset cfg)`` for a dataset cfg and the datasets wrapped inside it."""
+    if not hasattr(cfg, 'get'):
+        return
+    yield key, cfg
+    inner = cfg.get('dataset', None)
+    if hasattr(inner, 'get'):
+        yield from _walk_datasets(inner, f'{key}.dataset')
+    inners = cfg.get('datasets', None)
+    if isinstance(inners, (list, tuple)):
+        for i, d in enumerate(inners):
+            yield from _walk_datasets(d, f'{key}.datasets[{i}]')
+
+
+def _paths_of(dataset_cfg, key: str) -> List[Tuple[str, str]]:
+    """``(config key, resolved path)`` pairs that must exist for this dataset cfg (its own keys only)."""
+    backend_args = dataset_cfg.get('backend_args', None)
+    root = dataset_cfg.get('data_root', '') or ''
+    out: List[Tuple[str, str]] = []
+    if root and not _is_remote(root, backend_args):
+        out.append((f'{key}.data_root', root))
+    ann_file = dataset_cfg.get('ann_file', '') or ''
+    if isinstance(ann_file, str) and ann_file and not _is_remote(ann_file, backend_args):
+        out.append((f'{key}.ann_file', _join(root, ann_file)))
+    prefix = dataset_cfg.get('data_prefix', None)
+    type_name = _type_name(dataset_cfg)
+    split = dataset_cfg.get('split', '') or ''
+    if (prefix in (None, '') and split and 'ImageNet' in type_name):
+        # mmpretrain ImageNet(split='train') reads images from <data_root>/<split>
+        out.append((f'{key}.split', _join(root, split)))
+    elif isinstance(prefix, str) and prefix:
+        out.append((f'{key}.data_prefix', _join(root, prefix)))
+    elif hasattr(prefix, 'items'):
+        for name, value in prefix.items():
+            if isinstance(value, str) and value and not _is_remote(value, backend_args):
+                out.append((f'{key}.data_prefix.{name}', _join(root, value)))
+    return out
+
+
+def find_missing_data(cfg, mode: str = 'train',
+                      dataloaders: Optional[Sequence[str]] = None) -> List[Tuple[str, str, dict]]:
+    """All missing dataset paths: a list of ``(config key, path, dataset cfg)``, in config order."""
+    if dataloaders is None:
+        if mode not in DATALOADERS_FOR_MODE:
+            raise ValueError(f'mode must be one of {sorted(DATALOADERS_FOR_MODE)}, got {mode!r}')
+        dataloaders = DATALOADERS_FOR_MODE[mode]
+    missing, seen = [], set()
+    for loader_key in dataloaders:
+        loader = cfg.get(loader_key, None)
+        if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
+            continue
+        for key, ds in _walk_datasets(loader['dataset'], f'{loader_key}.dataset'):
+            for path_key, path in _paths_of(ds, key):
+                if path in seen:
+                    continue
+                seen.add(path)
+                if not osp.exists(path):
+                    missing.append((path_key, path, ds))
+    return missing
+
+
+def _how_to_get(type_name: str, root: str) -> Tuple[str, Optional[str]]:
+    """(instructions, demo kind) for a dataset type."""
+    where = root or '<data_root>'
+    if 'ADE20K' in type_name:
+        return (f'ADE20K (SceneParsing, 150 classes) must be at {where}, holding images/{{training,validation}}/*.jpg '
+                f'and annotations/{{training,validation}}/*.png: download ADEChallengeData2016.zip from '
+                f'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip and unzip it into the '
+                f'parent folder of {where} (mmseg docs: user_guides/2_dataset_prepare.md, "ADE20K")', 'ade20k')
+    if 'Coco' in type_name or 'COCO' in type_name:
+        return (f'COCO 2017 must be at {where}, holding train2017/, val2017/ and '
+                f'annotations/instances_{{train,val}}2017.json: download train2017.zip, val2017.zip and '
+                f'annotations_trainval2017.zip from https://cocodataset.org/#download and unzip them into {where}',
+                'coco')
+    if 'ImageNet' in type_name or 'CustomDataset' in type_name:
+        return (f'ImageNet-1k (ILSVRC2012) must be at {where}, holding train/<wnid>/*.JPEG class folders, val/ '
+                f'images and the label lists meta/train.txt and meta/val.txt ("<relative path> <label>" lines): '
+                f'download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org '
+                f'(registration required), extract train/ into one folder per class and val/ flat, and add the '
+                f'meta/ label lists (mmpretrain docs: user_guides/dataset_prepare.md, "ImageNet")', 'imagenet')
+    return (f'put the {type_name or "dataset"} data there (see the dataset class docstring for its layout)', None)
+
+
+def _format_message(key: str, path: str, ds, config_name: str, n_more: List[str]) -> str:
+    type_name = _type_name(ds)
+    root = ds.get('data_root', '') or ''
+    how, kind = _how_to_get(type_name, root)
+    msg = (f'Dataset not found: config {config_name + " " if config_name else ""}key `{key}` points to '
+           f'{path!r} (absolute: {osp.abspath(path)}), which does not exist. {how}. Or point the config at '
+           f'your copy with --cfg-options {key}=/path/to/it')
+    if kind is not None:
+        msg += (f'. To try the pipeline without the real data, generate a small synthetic stand-in with '
+                f'`python tools/dataset_converters/make_demo_data.py {kind}` (writes data/demo/) or add '
+                f'demo_data = dict(kind=\'{kind}\', root=\'data/demo\') to the config and point its data_root at '
+                f'the generated folder')
+    if n_more:
+        msg += f'. Also missing: {", ".join(n_more[:4])}' + (' ...' if len(n_more) > 4 else '')
+    return msg + '.'
+
+
+def check_data_paths(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None,
+                     config_name: str = '') -> None:
+    """Raise :class:`MissingDataError` (one paragraph) if a dataset path the run needs is missing."""
+    missing = find_missing_data(cfg, mode, dataloaders)
+    if not missing:
+        return
+    key, path, ds = missing[0]
+    more = [f'`{k}` ({p})' for k, p, _ in missing[1:]]
+    raise MissingDataError(_format_message(key, path, ds, config_name, more), key, path)

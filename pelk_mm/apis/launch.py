@@ -1,0 +1,487 @@
+"""The logic behind ``tools/train.py`` and ``tools/test.py``: one launcher for mmpretrain, mmseg and mmdet configs.
+
+The stock ``train.py``/``test.py`` of the three codebases differ in small ways (see the reference notes, §2). These
+functions reproduce the behaviour users know from each codebase, chosen by the config's ``default_scope``:
+
+* the codebase's modules are registered (``<codebase>.utils.register_all_modules``);
+* ``--resume [PATH]`` (mmpretrain/mmdet semantics everywhere: no value = auto-resume from ``work_dir``);
+* ``--amp`` (``AmpOptimWrapper`` with dynamic loss scale); without CUDA (or another AMP device) it falls back to
+  fp32 with a warning, and a config that hard-codes ``AmpOptimWrapper`` (the stock seg/det recipes) is switched to
+  ``OptimWrapper`` with a logged warning instead of failing in mmengine's assert;
+* ``--auto-scale-lr``, ``--no-validate`` and mmpretrain's dataloader defaults;
+* test: ``--out`` (mmpretrain ``DumpResults`` / mmseg ``output_dir`` / mmdet ``DumpDetResults``), ``--show`` and
+  ``--show-dir`` wired into each codebase's visualization hook, ``--tta``;
+* ``demo_data = dict(kind=..., root=...)`` in a config generates the synthetic demo dataset when missing, and
+  missing real data stops the run before anything is built with one paragraph saying what to download;
+* the Runner comes from ``RUNNERS`` when ``runner_type`` is set, else ``Runner.from_cfg``.
+
+``--cfg-options`` is merged last, after every other flag (mmpretrain's order), so an explicit ``key=value`` always
+wins. Importing this module imports :mod:`pelk_mm`, which applies the modern-torch compatibility patches.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import logging
+import os
+import os.path as osp
+import sys
+from typing import List, Optional, Sequence
+
+import pelk_mm  # noqa: F401  (compat patches + pelk_mm.PeLK)
+from mmengine.config import Config, ConfigDict, DictAction
+
+from .check_data import MissingDataError, check_data_paths
+
+__all__ = [
+    'CODEBASES', 'LaunchError', 'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser',
+    'parse_train_args', 'parse_test_args', 'load_config', 'merge_train_args', 'merge_test_args', 'amp_device_available',
+    'resolve_amp', 'prepare_data', 'build_runner', 'train', 'test', 'train_main', 'test_main'
+]
+
+#: default_scope -> pip distribution that provides it
+CODEBASES = {'mmpretrain': 'mmpretrain', 'mmseg': 'mmsegmentation', 'mmdet': 'mmdet'}
+
+_AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
+
+
+class LaunchError(RuntimeError):
+    """A bad command line or config for the launcher; ``str(err)`` is the message shown to the user."""
+
+
+# --------------------------------------------------------------------------------------------------- codebases
+def get_codebase(cfg, config_name: str = '') -> str:
+    """The codebase a config belongs to, from its ``default_scope``."""
+    scope = cfg.get('default_scope', None)
+    where = f'config {config_name} ' if config_name else 'the config '
+    if scope is None:
+        raise LaunchError(
+            f'{where}has no `default_scope`, so pelk_mm\'s tools cannot tell whether it is an mmpretrain, mmseg or '
+            f'mmdet config. Inherit the codebase\'s _base_/default_runtime.py or set '
+            f'default_scope = \'mmpretrain\' | \'mmseg\' | \'mmdet\' in the config')
+    if scope not in CODEBASES:
+        raise LaunchError(
+            f'{where}has default_scope={scope!r}; pelk_mm\'s tools support {sorted(CODEBASES)}. Set '
+            f'default_scope to the codebase whose models/datasets the config uses')
+    return scope
+
+
+def register_codebase(scope: str) -> None:
+    """Import the codebase and register all its modules (without touching the default scope)."""
+    try:
+        utils = importlib.import_module(f'{scope}.utils')
+    except ImportError as err:
+        raise LaunchError(
+            f'the config has default_scope={scope!r} but {scope} cannot be imported ({err}). Install it with '
+            f'`bash tools/setup.sh` or `pip install {CODEBASES[scope]}`') from err
+    utils.register_all_modules(init_default_scope=False)
+
+
+# --------------------------------------------------------------------------------------------------- parsers
+_CFG_OPTIONS_HELP = (
+    'override settings of the config: key=value pairs (nested keys with dots, lists as key="[a,b]" or key=a,b, '
+    'no spaces). Merged last, after every other flag.')
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=_CFG_OPTIONS_HELP)
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher (tools/dist_*.sh pass pytorch, tools/slurm_*.sh pass slurm)')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank; torchrun sets LOCAL_RANK
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Train a model of an mmpretrain / mmseg / mmdet config (dispatched on its default_scope)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models (default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from the given checkpoint, or without a value from the latest checkpoint in '
+                             'the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); needs CUDA, falls '
+                             'back to fp32 with a warning without it')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by (total batch size / auto_scale_lr.base_batch_size)')
+    parser.add_argument('--no-validate', action='store_true', help='do not evaluate during training')
+    parser.add_argument('--no-pin-memory', action='store_true',
+                        help='disable pin_memory in the dataloaders (mmpretrain configs)')
+    parser.add_argument('--no-persistent-workers', action='store_true',
+                        help='disable persistent_workers in the dataloaders (mmpretrain configs)')
+    _add_common(parser)
+    return parser
+
+
+def build_test_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a checkpoint of an mmpretrain / mmseg / mmdet config')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics (default: ./work_dirs/<config>)')
+    parser.add_argument('--out', help='mmpretrain: pickle of predictions (or metrics with --out-item metrics); '
+                                      'mmseg: directory for the predicted masks; mmdet: .pkl of predictions')
+    parser.add_argument('--out-item', choices=['metrics', 'pred'],
+                        help='mmpretrain only: what --out holds (default: pred)')
+    parser.add_argument('--show', action='store_true', help='show prediction results in a window')
+    parser.add_argument('--show-dir', help='directory where painted prediction images are saved')
+    parser.add_argument('--interval', type=int, default=1, help='visualize every N-th sample')
+    parser.add_argument('--wait-time', type=float, default=2, help='display time of each window (s)')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation: the config\'s tta_model/tta_pipeline, else flip TTA '
+                             '(mmpretrain, mmdet)')
+    _add_common(parser)
+    return parser
+
+
+def _finish_args(args):
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None):
+    return _finish_args(build_train_parser().parse_args(argv))
+
+
+def parse_test_args(argv: Optional[Sequence[str]] = None):
+    args = build_test_parser().parse_args(argv)
+    if args.out_item is not None and args.out is None:
+        build_test_parser().error('--out-item needs --out (the file to write)')
+    return _finish_args(args)
+
+
+def load_config(path: str) -> Config:
+    if not osp.isfile(path):
+        raise LaunchError(f'config file {path!r} does not exist')
+    return Config.fromfile(path)
+
+
+# --------------------------------------------------------------------------------------------------- merging
+def _set_work_dir(cfg, work_dir: Optional[str], config_path: str) -> None:
+    # priority: CLI > config > ./work_dirs/<config stem>
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def _type_name(t) -> str:
+    if isinstance(t, str):
+        return t.split('.')[-1]
+    return getattr(t, '__name__', str(t))
+
+
+def amp_device_available() -> bool:
+    """Whether mmengine's ``AmpOptimWrapper`` can run here (it asserts CUDA, NPU, MLU or MUSA)."""
+    from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
+    return bool(is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available())
+
+
+def resolve_amp(cfg, amp: bool = False, amp_available: Optional[bool] = None) -> List[str]:
+    """Apply ``--amp`` and make an ``AmpOptimWrapper`` config runnable on this machine.
+
+    Returns the warnings to log (empty when nothing was changed). ``amp_available`` defaults to
+    :func:`amp_device_available`.
+    """
+    if amp_available is None:
+        amp_available = amp_device_available()
+    notes: List[str] = []
+    ow = cfg.get('optim_wrapper', None)
+    if ow is None:
+        if amp:
+            raise LaunchError('--amp needs an `optim_wrapper` in the config, which has none')
+        return notes
+    current = _type_name(ow.get('type', 'OptimWrapper'))
+    if amp:
+        if current not in ('OptimWrapper', 'AmpOptimWrapper'):
+            raise LaunchError(
+                f'--amp replaces optim_wrapper.type with AmpOptimWrapper, but the config uses '
+                f'optim_wrapper.type={ow.get("type")!r}; drop --amp or set optim_wrapper.type to OptimWrapper')
+        if amp_available:
+            if current == 'AmpOptimWrapper':
+                notes.append('--amp: the config already uses AmpOptimWrapper; keeping it')
+            ow.type = 'AmpOptimWrapper'
+            ow.setdefault('loss_scale', 'dynamic')
+            return notes
+        notes.append('--amp was given but no CUDA/NPU/MLU/MUSA device is available (mmengine\'s AmpOptimWrapper '
+                     'needs one): training in fp32 with OptimWrapper instead')
+    if current == 'AmpOptimWrapper' and not amp_available:
+        dropped = {k: ow.pop(k) for k in _AMP_ONLY_KEYS if k in ow}
+        ow.type = 'OptimWrapper'
+        if not amp:
+            notes.append(f'the config uses optim_wrapper.type=AmpOptimWrapper but no CUDA/NPU/MLU/MUSA device is '
+                         f'available: training in fp32 with OptimWrapper'
+                         + (f' (ignoring {dropped})' if dropped else ''))
+    return notes
+
+
+def _mmpretrain_dataloader_defaults(cfg, no_pin_memory: bool, no_persistent_workers: bool,
+                                    fields: Sequence[str]) -> None:
+    """mmpretrain's tools default to default_collate + pin_memory + persistent_workers."""
+    import torch
+    for field in fields:
+        loader = cfg.get(field, None)
+        if loader is None:
+            continue
+        merged = ConfigDict(collate_fn=dict(type='default_collate'))
+        if torch.cuda.is_available() and not no_pin_memory:
+            merged.pin_memory = True
+        if loader.get('num_workers', 0) > 0 and not no_persistent_workers:
+            merged.persistent_workers = True
+        merged.update(loader)
+        if no_pin_memory:
+            merged.pin_memory = False
+        if no_persistent_workers or merged.get('num_workers', 0) == 0:
+            merged.pop('persistent_workers', None)
+        cfg[field] = merged
+
+
+def merge_train_args(cfg, args) -> Config:
+    """Apply the train CLI flags to ``cfg`` (in place; also returned). Needs ``cfg.default_scope``."""
+    codebase = get_codebase(cfg, args.config)
+    cfg.launcher = args.launcher
+    _set_work_dir(cfg, args.work_dir, args.config)
+
+    if args.no_validate:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if '://' not in args.resume and not osp.isfile(args.resume):
+            raise LaunchError(f'--resume {args.resume}: no such checkpoint file. Give an existing .pth, or '
+                              f'--resume without a value to resume from the latest checkpoint in the work dir')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    if args.auto_scale_lr:
+        asl = cfg.get('auto_scale_lr', None)
+        if not asl or 'base_batch_size' not in asl:
+            raise LaunchError(
+                '--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=<total batch size the lr was tuned '
+                'for>)` in the config, which has ' + (f'auto_scale_lr={asl!r}' if asl else 'none'))
+        asl.enable = True
+
+    if codebase == 'mmpretrain':
+        _mmpretrain_dataloader_defaults(cfg, args.no_pin_memory, args.no_persistent_workers,
+                                        ('train_dataloader', 'val_dataloader', 'test_dataloader'))
+    else:
+        for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            loader = cfg.get(field, None)
+            if loader is None:
+                continue
+            if args.no_pin_memory:
+                loader.pin_memory = False
+            if args.no_persistent_workers:
+                loader.persistent_workers = False
+
+    # --amp is resolved by resolve_amp() once the whole config is known (after --cfg-options)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def _visualization_hook(cfg):
+    hooks = cfg.get('default_hooks', None) or {}
+    if 'visualization' not in hooks or hooks['visualization'] is None:
+        raise LaunchError('--show/--show-dir need a visualization hook: add '
+                          'default_hooks = dict(visualization=dict(type=\'VisualizationHook\')) (mmpretrain), '
+                          '\'SegVisualizationHook\' (mmseg) or \'DetVisualizationHook\' (mmdet) to the config')
+    return hooks['visualization']
+
+
+def merge_test_args(cfg, args) -> Config:
+    """Apply the test CLI flags to ``cfg`` (in place; also returned)."""
+    codebase = get_codebase(cfg, args.config)
+    cfg.launcher = args.launcher
+    _set_work_dir(cfg, args.work_dir, args.config)
+    ckpt = args.checkpoint
+    if '://' not in ckpt and not osp.isfile(ckpt):
+        raise LaunchError(f'checkpoint {ckpt!r} does not exist; give the .pth written by tools/train.py (e.g. '
+                          f'work_dirs/<config>/epoch_N.pth or iter_N.pth) or a URL')
+    cfg.load_from = ckpt
+
+    if args.show or args.show_dir:
+        hook = _visualization_hook(cfg)
+        if codebase == 'mmpretrain':
+            hook.enable = True
+            hook.show = args.show
+            hook.wait_time = args.wait_time
+            hook.out_dir = args.show_dir
+            hook.interval = args.interval
+        else:
+            hook.draw = True
+            hook.interval = args.interval
+            if args.show:
+                hook.show = True
+                hook.wait_time = args.wait_time
+            if args.show_dir:
+                if codebase == 'mmseg':
+                    if cfg.get('visualizer', None) is None:
+                        raise LaunchError('--show-dir needs a `visualizer` (SegLocalVisualizer) in the config')
+                    cfg.visualizer.save_dir = args.show_dir
+                else:
+                    hook.test_out_dir = args.show_dir
+
+    if args.tta:
+        _apply_tta(cfg, codebase)
+
+    if args.out is not None:
+        if codebase == 'mmseg':
+            cfg.test_evaluator['output_dir'] = args.out
+            cfg.test_evaluator['keep_results'] = True
+        elif codebase == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
+            raise LaunchError(f'--out {args.out}: mmdet dumps predictions as a pickle; use a .pkl file name')
+        elif codebase != 'mmpretrain' and args.out_item is not None:
+            raise LaunchError('--out-item is only supported for mmpretrain configs')
+
+    if codebase == 'mmpretrain':
+        _mmpretrain_dataloader_defaults(cfg, False, True, ('test_dataloader', ))
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def _innermost_dataset(dataset_cfg):
+    while 'dataset' in dataset_cfg:
+        dataset_cfg = dataset_cfg['dataset']
+    return dataset_cfg
+
+
+def _apply_tta(cfg, codebase: str) -> None:
+    if codebase == 'mmseg':
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise LaunchError('--tta for mmseg needs `tta_model` and `tta_pipeline` in the config (mmseg\'s '
+                              '_base_/datasets/*.py and default_runtime.py define them)')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+        return
+    test_ds = _innermost_dataset(cfg.test_dataloader.dataset)
+    if 'tta_model' not in cfg:
+        if codebase == 'mmpretrain':
+            cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+        else:
+            cfg.tta_model = dict(type='DetTTAModel',
+                                 tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        pipeline = copy.deepcopy(test_ds.pipeline)
+        if codebase == 'mmpretrain':
+            last = [pipeline[-1]]
+        else:
+            last = [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                                            'scale_factor', 'flip', 'flip_direction'))]
+        pipeline[-1] = dict(type='TestTimeAug',
+                            transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], last])
+        cfg.tta_pipeline = pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    test_ds.pipeline = cfg.tta_pipeline
+
+
+# --------------------------------------------------------------------------------------------------- data
+def prepare_data(cfg, mode: str, config_name: str = '', logger=None) -> List[str]:
+    """Generate ``demo_data`` if the config asks for it, then check the dataset paths the run needs.
+
+    Returns info messages; raises :class:`MissingDataError` (one paragraph) if a path is missing.
+    """
+    notes: List[str] = []
+    demo_dir = None
+    if cfg.get('demo_data', None) is not None:
+        from pelk_mm.datasets import ensure_demo_data
+        demo_dir = ensure_demo_data(cfg, logger=notes.append)
+    try:
+        check_data_paths(cfg, mode=mode, config_name=config_name)
+    except MissingDataError as err:
+        if demo_dir is not None:
+            raise MissingDataError(
+                f'{err} (note: the config\'s demo_data generated {demo_dir}, but `{err.key}` points elsewhere; '
+                f'make the dataset paths point into {demo_dir})', err.key, err.path) from None
+        raise
+    return notes
+
+
+# --------------------------------------------------------------------------------------------------- runner
+def build_runner(cfg, codebase: str):
+    """``RUNNERS.build(cfg)`` of the codebase when ``runner_type`` is set, else ``Runner.from_cfg(cfg)``."""
+    if 'runner_type' in cfg:
+        registry = importlib.import_module(f'{codebase}.registry')
+        return registry.RUNNERS.build(cfg)
+    from mmengine.runner import Runner
+    return Runner.from_cfg(cfg)
+
+
+def _log(runner, notes: Sequence[str], level=logging.WARNING) -> None:
+    from mmengine.logging import print_log
+    for note in notes:
+        print_log(note, logger=runner.logger if runner is not None else 'current', level=level)
+
+
+def _prepare(cfg, args, mode: str):
+    codebase = get_codebase(cfg, args.config)
+    register_codebase(codebase)
+    if codebase == 'mmdet':
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+    info = prepare_data(cfg, mode, config_name=args.config)
+    warnings = []
+    if mode == 'train':
+        warnings = resolve_amp(cfg, bool(args.amp))
+    return codebase, info, warnings
+
+
+def train(args):
+    """Build the Runner for the parsed train ``args`` and train. Returns the Runner."""
+    cfg = load_config(args.config)
+    get_codebase(cfg, args.config)
+    cfg = merge_train_args(cfg, args)
+    codebase, info, warnings = _prepare(cfg, args, 'train')
+    runner = build_runner(cfg, codebase)
+    _log(runner, info, logging.INFO)
+    _log(runner, warnings)
+    runner.train()
+    return runner
+
+
+def test(args):
+    """Build the Runner for the parsed test ``args`` and test. Returns ``(runner, metrics)``."""
+    cfg = load_config(args.config)
+    codebase = get_codebase(cfg, args.config)
+    cfg = merge_test_args(cfg, args)
+    codebase, info, _ = _prepare(cfg, args, 'test')
+    runner = build_runner(cfg, codebase)
+    _log(runner, info, logging.INFO)
+    if args.out and codebase == 'mmpretrain' and args.out_item in ('pred', None):
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    elif args.out and codebase == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    if args.out and codebase == 'mmpretrain' and args.out_item == 'metrics':
+        import mmengine
+        mmengine.dump(metrics, args.out)
+    return runner, metrics
+
+
+def _run_cli(fn, args) -> int:
+    try:
+        fn(args)
+    except (LaunchError, MissingDataError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``tools/train.py``."""
+    return _run_cli(train, parse_train_args(argv))
+
+
+def test_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``tools/test.py``."""
+    return _run_cli(test, parse_test_args(argv))
