@@ -1,0 +1,8 @@
+# PeLK-B + UperNet, ADE20K 512x512, 160k iterations (paper Table 2: 50.4 mIoU single-scale).
+_base_ = './_base_/upernet_pelk_ade20k_512x512_160k.py'
+checkpoint = 'work_dirs/pelk_b_in1k/epoch_300.pth'  # set to your ImageNet-1k PeLK-B checkpoint
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.4, init_cfg=dict(checkpoint=checkpoint)),
+    decode_head=dict(in_channels=[166, 332, 665, 1331]),
+    auxiliary_head=dict(in_channels=665))
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

@@ -1,0 +1,36 @@
+"""Shared fixtures of the segmentation tests: the segmentation configs and a mmseg default scope."""
+from __future__ import annotations
+
+import os.path as osp
+
+import pytest
+
+REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+SEG_CONFIGS = {
+    't': 'configs/pelk_t_upernet_ade20k.py',
+    's': 'configs/pelk_s_upernet_ade20k.py',
+    'b': 'configs/pelk_b_upernet_ade20k.py',
+    'b101': 'configs/pelk_b101_upernet_ade20k.py',
+    'demo': 'configs/demo/pelk_demo_upernet_ade20k.py',
+}
+
+
+@pytest.fixture(scope='session')
+def load_seg_config():
+    """``load_seg_config(name)`` -> the parsed :class:`mmengine.Config` of ``SEG_CONFIGS[name]``."""
+    from mmengine.config import Config
+
+    def load(name: str):
+        return Config.fromfile(osp.join(REPO, SEG_CONFIGS[name]))
+
+    return load
+
+
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    """Build everything as mmseg's Runner does: under the `mmseg` default scope of the configs."""
+    from mmengine.registry import DefaultScope
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        yield
