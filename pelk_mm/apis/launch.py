@@ -331,14 +331,14 @@ def merge_test_args(cfg, args) -> Config:
     if args.tta:
         _apply_tta(cfg, codebase)
 
+    if args.out_item is not None and codebase != 'mmpretrain':
+        raise LaunchError(f'--out-item is only supported for mmpretrain configs (this one is {codebase})')
     if args.out is not None:
         if codebase == 'mmseg':
             cfg.test_evaluator['output_dir'] = args.out
             cfg.test_evaluator['keep_results'] = True
         elif codebase == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
             raise LaunchError(f'--out {args.out}: mmdet dumps predictions as a pickle; use a .pkl file name')
-        elif codebase != 'mmpretrain' and args.out_item is not None:
-            raise LaunchError('--out-item is only supported for mmpretrain configs')
 
     if codebase == 'mmpretrain':
         _mmpretrain_dataloader_defaults(cfg, False, True, ('test_dataloader', ))
