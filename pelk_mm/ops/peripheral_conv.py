@@ -3,44 +3,91 @@
 ``peripheral_conv2d(x, weight, grid)`` computes the stride-1, "same"-padded depthwise convolution of ``x``
 ``(N, C, H, W)`` with the dense kernel obtained by expanding the block-shared ``weight`` ``(C, 1, k', k')`` over the
 axis ``grid`` (see :mod:`pelk_mm.ops.sharing_grid`). All implementations compute the same function (exactly, up to
-floating-point rounding); they differ only in speed and memory. Which one runs is chosen by
+floating-point rounding) with their own forward and backward; they differ only in speed and memory:
+
+============  =====================================================================================  ==========
+name          method                                                                                 devices
+============  =====================================================================================  ==========
+``cpp``       fused C++/OpenMP box sums over the sharing grid, ``O(K + k'^2)`` per pixel (JIT-built)  CPU
+``triton``    two Triton kernels (row box sums + ``k' x k'`` contraction, column box sums)            CUDA
+``box``       the same structure as three PyTorch matmuls (banded 0/1 matrices)                       any
+``fft``       ``rfft2`` on 2/3/5-smooth sizes, kernel spectrum shared across the batch                 any
+``dense_cl``  dense kernel cropped to the map, channels_last ``F.conv2d``                             any
+``dense``     reference: full dense kernel, ``F.conv2d`` (what the paper does)                        any
+============  =====================================================================================  ==========
+
+Every implementation except ``dense`` crops the kernel to the map first (offsets ``|o| >= H`` only see padding).
+
+Which one runs (policy):
 
 1. the ``impl`` argument (``'auto'`` by default; modules expose it as ``conv_impl``),
 2. else the environment variable ``PELK_MM_CONV_IMPL`` (e.g. ``dense`` to force the reference),
-3. else the first registered implementation whose ``supports`` accepts the input, in priority order.
+3. else, with autotuning on (``PELK_MM_CONV_AUTOTUNE=1`` or :func:`set_autotune`), the fastest candidate for this
+   ``(device type, dtype, N, C, H, W, grid, memory format, grad needed)`` key, timed once per key in this process
+   (forward, or forward + backward when a gradient is needed; ``dense`` is excluded as hopeless) and cached in
+   memory (:func:`autotune_cache`, :func:`clear_autotune_cache`). Autotuning is off by default (it costs a few
+   runs of each candidate the first time a shape is seen) and never runs while ``torch.compile`` traces,
+4. else the static rule: the highest-priority implementation whose ``supports`` (and ``auto``) accept the input:
+   ``cpp`` on CPU when the extension builds, ``triton`` on CUDA when triton imports, else ``box``.
 
+Under autocast the input is cast to the autocast dtype first (as ``F.conv2d`` would be) and the implementation runs
+with autocast off; half types are accumulated in float32 (``cpp`` and ``fft`` compute them in float32).
 New implementations register with :func:`register_impl`.
 """
 from __future__ import annotations
 
+import logging
 import os
+import statistics
+import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from . import _impl_cpp, _impl_torch, _impl_triton
 from .sharing_grid import expand_kernel
 
+logger = logging.getLogger(__name__)
+
 ENV_VAR = 'PELK_MM_CONV_IMPL'
+AUTOTUNE_ENV_VAR = 'PELK_MM_CONV_AUTOTUNE'
 
 ConvFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
+Predicate = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], bool]
 
 
 @dataclass
 class ConvImpl:
     name: str
     fn: ConvFn
-    supports: Callable[[torch.Tensor, torch.Tensor, Sequence[int]], bool]
+    supports: Predicate  # can run this input at all (explicit choice)
     priority: int  # higher runs first under 'auto'
+    auto: Predicate  # may be picked by 'auto' / autotuning for this input
 
 
 _IMPLS: Dict[str, ConvImpl] = {}
+_AUTOTUNE: Dict[tuple, str] = {}
+_autotune_flag: Optional[bool] = None  # None: follow $PELK_MM_CONV_AUTOTUNE
 
 
-def register_impl(name: str, fn: ConvFn, supports=None, priority: int = 0) -> None:
-    """Register an implementation ``fn(x, weight, grid) -> y`` under ``name``."""
-    _IMPLS[name] = ConvImpl(name, fn, supports or (lambda x, w, g: True), priority)
+def _always(x, w, g) -> bool:
+    return True
+
+
+def register_impl(name: str, fn: ConvFn, supports: Optional[Predicate] = None, priority: int = 0,
+                  auto: Optional[Predicate] = None) -> None:
+    """Register ``fn(x, weight, grid) -> y`` under ``name``.
+
+    Args:
+        supports: ``(x, weight, grid) -> bool``, whether ``fn`` can run the input (default: always).
+        priority: order under ``'auto'`` (highest first).
+        auto: ``(x, weight, grid) -> bool``, whether ``'auto'`` may pick it (default: same as ``supports``).
+    """
+    supports = supports or _always
+    _IMPLS[name] = ConvImpl(name, fn, supports, priority, auto or supports)
+    _AUTOTUNE.clear()
 
 
 def available_impls() -> List[str]:
@@ -48,6 +95,76 @@ def available_impls() -> List[str]:
     return [i.name for i in sorted(_IMPLS.values(), key=lambda i: -i.priority)]
 
 
+# ----------------------------------------------------------------------------------------------- autotune
+def set_autotune(enabled: Optional[bool]) -> None:
+    """Turn autotuning on/off for this process; ``None`` follows ``$PELK_MM_CONV_AUTOTUNE`` again."""
+    global _autotune_flag
+    _autotune_flag = enabled
+
+
+def autotune_enabled() -> bool:
+    if _autotune_flag is not None:
+        return _autotune_flag
+    return os.environ.get(AUTOTUNE_ENV_VAR, '0') not in ('', '0')
+
+
+def autotune_cache() -> Dict[tuple, str]:
+    """A copy of the in-process autotune cache ``{key: implementation name}``."""
+    return dict(_AUTOTUNE)
+
+
+def clear_autotune_cache() -> None:
+    _AUTOTUNE.clear()
+
+
+def autotune_key(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> tuple:
+    """``(device type, dtype, N, C, H, W, grid, channels_last, needs grad)``."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return (x.device.type, x.dtype, *x.shape, tuple(int(s) for s in grid), channels_last, needs_grad)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _time_once(impl: ConvImpl, x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], grad: bool) -> float:
+    xx = x.detach().requires_grad_(grad and x.requires_grad)
+    ww = weight.detach().requires_grad_(grad and weight.requires_grad)
+    _sync(x.device)
+    start = time.perf_counter()
+    with torch.set_grad_enabled(grad):
+        y = impl.fn(xx, ww, grid)
+        if grad:
+            y.backward(torch.ones_like(y))
+    _sync(x.device)
+    return time.perf_counter() - start
+
+
+def _autotune(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], key: tuple) -> ConvImpl:
+    grad = key[-1]
+    candidates = [i for i in sorted(_IMPLS.values(), key=lambda i: -i.priority)
+                  if i.name != 'dense' and i.auto(x, weight, grid)]
+    best_name, best = None, float('inf')
+    for impl in candidates:
+        try:
+            first = _time_once(impl, x, weight, grid, grad)  # warm-up (builds, caches, plans)
+            if first > 20 * best:
+                continue  # hopeless: skip the timed runs
+            median = statistics.median(_time_once(impl, x, weight, grid, grad) for _ in range(3))
+        except Exception as err:  # noqa: BLE001 - a failing candidate is just not chosen
+            logger.debug('pelk_mm autotune: %s failed on %s: %s', impl.name, key, err)
+            continue
+        if median < best:
+            best_name, best = impl.name, median
+    name = best_name or 'dense'
+    _AUTOTUNE[key] = name
+    logger.info('pelk_mm autotune: %s -> %s (%.3f ms)', key, name, best * 1e3)
+    return _IMPLS[name]
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> None:
     if x.dim() != 4:
         raise ValueError(f'peripheral_conv2d expects x of shape (N, C, H, W), got shape {tuple(x.shape)}')
@@ -55,10 +172,20 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) ->
     if weight.shape != (x.shape[1], 1, k, k):
         raise ValueError(f'weight must have shape (C, 1, k\', k\') = ({x.shape[1]}, 1, {k}, {k}) for '
                          f'{x.shape[1]} channels and a {k}-cell grid, got {tuple(weight.shape)}')
+    if any(int(s) < 1 for s in grid) or sum(grid) % 2 == 0:
+        raise ValueError(f'grid must be positive cell widths summing to an odd kernel size, got grid={list(grid)} '
+                         f'(sum {sum(grid)})')
+
+
+def _static_choice(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> ConvImpl:
+    for cand in sorted(_IMPLS.values(), key=lambda i: -i.priority):
+        if cand.auto(x, weight, grid):
+            return cand
+    return _IMPLS['dense']
 
 
 def resolve_impl(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], impl: str = 'auto') -> ConvImpl:
-    """The implementation that :func:`peripheral_conv2d` would run for these inputs."""
+    """The implementation that :func:`peripheral_conv2d` would run for these inputs (see the module policy)."""
     if impl in (None, 'auto'):
         impl = os.environ.get(ENV_VAR, 'auto') or 'auto'
     if impl != 'auto':
@@ -70,10 +197,12 @@ def resolve_impl(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], imp
             raise ValueError(f'peripheral conv implementation {impl!r} does not support input '
                              f'{tuple(x.shape)} {x.dtype} on {x.device}; use conv_impl="auto"')
         return chosen
-    for cand in sorted(_IMPLS.values(), key=lambda i: -i.priority):
-        if cand.supports(x, weight, grid):
-            return cand
-    return _IMPLS['dense']
+    if autotune_enabled() and not torch.compiler.is_compiling():
+        key = autotune_key(x, weight, grid)
+        if key in _AUTOTUNE:
+            return _IMPLS[_AUTOTUNE[key]]
+        return _autotune(x, weight, grid, key)
+    return _static_choice(x, weight, grid)
 
 
 def peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int],
@@ -81,16 +210,22 @@ def peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]
     """Depthwise peripheral convolution, stride 1, "same" padding, no bias.
 
     Args:
-        x (Tensor): ``(N, C, H, W)`` input (any memory format).
+        x (Tensor): ``(N, C, H, W)`` input (any memory format; float16/bfloat16/float32/float64).
         weight (Tensor): ``(C, 1, k', k')`` block-shared weights.
         grid (Sequence[int]): axis sharing grid with ``k'`` cells summing to the odd kernel size ``K``.
-        impl (str): implementation name or ``'auto'``.
+        impl (str): implementation name or ``'auto'`` (see the module docstring for the policy).
 
     Returns:
-        Tensor: ``(N, C, H, W)``.
+        Tensor: ``(N, C, H, W)`` in the dtype of ``x`` (the autocast dtype under autocast).
     """
     _check_inputs(x, weight, grid)
-    return resolve_impl(x, weight, grid, impl).fn(x, weight, tuple(grid))
+    grid = tuple(int(s) for s in grid)
+    device_type = x.device.type
+    if device_type in ('cpu', 'cuda') and torch.is_autocast_enabled(device_type):
+        x = x.to(torch.get_autocast_dtype(device_type))
+        with torch.autocast(device_type, enabled=False):
+            return resolve_impl(x, weight, grid, impl).fn(x, weight, grid)
+    return resolve_impl(x, weight, grid, impl).fn(x, weight, grid)
 
 
 def dense_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
@@ -99,4 +234,23 @@ def dense_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequenc
     return F.conv2d(x, dense.to(x.dtype), padding=sum(grid) // 2, groups=x.shape[1])
 
 
+def _is_cpu(x, w, g) -> bool:
+    return x.device.type == 'cpu'
+
+
+def _is_cuda(x, w, g) -> bool:
+    return x.is_cuda
+
+
+def _floating(x, w, g) -> bool:
+    return x.is_floating_point()
+
+
 register_impl('dense', dense_peripheral_conv2d, priority=0)
+register_impl('dense_cl', _impl_torch.dense_cl_peripheral_conv2d, _floating, priority=10)
+register_impl('fft', _impl_torch.fft_peripheral_conv2d, _floating, priority=20)
+register_impl('box', _impl_torch.box_peripheral_conv2d, _floating, priority=30)
+register_impl('triton', _impl_triton.triton_peripheral_conv2d, _impl_triton.supports, priority=40,
+              auto=lambda x, w, g: _is_cuda(x, w, g) and _impl_triton.supports(x, w, g))
+register_impl('cpp', _impl_cpp.cpp_peripheral_conv2d, _impl_cpp.supports, priority=50,
+              auto=lambda x, w, g: _is_cpu(x, w, g) and _impl_cpp.supports(x, w, g))
