@@ -3,3 +3,4 @@
 Every submodule is imported here so that the lazy registry import finds all of them.
 """
 from .optimizers import *  # noqa: F401,F403
+from .hooks import *  # noqa: F401,F403

@@ -1,0 +1,8 @@
+# Dense vs stripe (paper §3, Table 1 / Fig. 2): SLaK stripe 31x5+5x31 kernels 31-29-27-13, with 40 % dynamic sparsity;
+# Fig. 2 kernel-size sweep (only ADE20K mIoU plotted; no top-1 reported).
+# SLaK framework: every channel convolved (conv_ratio=1), no KPE, 5x5 re-param branch on.
+_base_ = ['../_base_/pelk_t_in1k_120e.py']
+
+model = dict(backbone=dict(
+    arch=dict(depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[31, 29, 27, 13]),
+    conv_type='stripe', conv_ratio=1.0, kpe_mode=None))

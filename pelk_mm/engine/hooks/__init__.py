@@ -1,0 +1,3 @@
+from .sparsity_hook import DynamicSparsityHook
+
+__all__ = ['DynamicSparsityHook']

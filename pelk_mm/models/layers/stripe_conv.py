@@ -1,0 +1,181 @@
+"""SLaK's stripe large kernel: ``K x s`` + ``s x K`` depthwise convs (+ a small ``s x s`` branch), for PeLK's
+dense-vs-stripe study (paper Table 1, Fig. 2).
+
+SLaK (Liu et al., ICLR 2023) decomposes a ``K x K`` depthwise kernel into two parallel rectangular kernels of
+short side ``s = 5``, each followed by its own BatchNorm, plus the RepLKNet-style small ``5 x 5`` conv + BN. All
+branches are depthwise, stride 1 and "same"-padded, so at deploy time they sum exactly into one ``K x K`` kernel
+(zero outside the cross-shaped support) with a bias.
+
+``conv_type='stripe'`` selects it in :class:`~pelk_mm.models.layers.PartialPeripheralConv` and in
+:class:`~pelk_mm.models.backbones.PeLK`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+
+from .peripheral_conv import CONV_TYPES, _fuse_bn
+
+
+def _check_odd(name: str, value, upper: Optional[int] = None, upper_name: str = '') -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f'{name} must be a positive odd int, got {name}={value!r}')
+    if upper is not None and value > upper:
+        raise ValueError(f'{name}={value} must not exceed {upper_name}={upper}')
+
+
+class StripeConv2d(BaseModule):
+    """Depthwise stripe large kernel (SLaK): ``BN(DW_{K x s}(x)) + BN(DW_{s x K}(x)) [+ BN(DW_{k_s x k_s}(x))]``.
+
+    Per channel it has ``2 * K * s`` large-kernel parameters instead of ``K * K`` (7 -> 51 grows them 7.3x,
+    against 53.1x for a dense kernel; paper Fig. 2).
+
+    It takes the keyword arguments that :class:`~pelk_mm.models.layers.PartialPeripheralConv` passes to every
+    large-kernel form. The peripheral-grid ones do not apply: ``center_size`` and ``base`` are ignored (PeLK always
+    passes them), but an explicit ``half_grid`` contradicts a stripe kernel and raises. The kernel-wise positional
+    embedding is not supported (``kpe_mode`` must be ``None``): SLaK, which Table 1 evaluates, has none, and
+    Eq. 3 needs one kernel per BN while the stripe form has one BN per branch. Build the backbone with
+    ``conv_type='stripe', kpe_mode=None``.
+
+    Args:
+        channels (int): Input = output channels (depthwise).
+        kernel_size (int): Odd long side ``K`` of the stripes.
+        stripe_width (int): Odd short side ``s`` of the stripes, ``<= K``. Defaults to 5 (SLaK).
+        small_kernel (int, optional): Side of the parallel square conv + BN (re-parameterisation branch).
+            ``None`` disables it. Defaults to 5.
+        kpe_mode (str, optional): Must be ``None`` (see above).
+        norm_cfg (dict, optional): Norm after each branch. Defaults to ``dict(type='BN')``; ``None`` for none.
+        conv_impl (str): Accepted for interface compatibility; the stripes are plain ``nn.Conv2d`` (the
+            peripheral-conv implementations do not apply). Defaults to ``'auto'``.
+        center_size (int): Ignored (peripheral grid only).
+        base (int): Ignored (peripheral grid only).
+        half_grid (Sequence[int], optional): Must be ``None``.
+
+    Shapes:
+        x: ``(N, C, H, W)`` -> ``(N, C, H, W)``.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 kernel_size: int,
+                 stripe_width: int = 5,
+                 small_kernel: Optional[int] = 5,
+                 kpe_mode: Optional[str] = None,
+                 norm_cfg: Optional[dict] = dict(type='BN'),
+                 conv_impl: str = 'auto',
+                 center_size: int = 5,
+                 base: int = 2,
+                 half_grid: Optional[Sequence[int]] = None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f'channels must be a positive int, got channels={channels!r}')
+        _check_odd('kernel_size', kernel_size)
+        _check_odd('stripe_width', stripe_width, kernel_size, 'kernel_size')
+        if small_kernel is not None:
+            _check_odd('small_kernel', small_kernel, kernel_size, 'kernel_size')
+        if kpe_mode is not None:
+            raise ValueError(f'the stripe kernel (conv_type="stripe") has no kernel-wise positional embedding, got '
+                             f'kpe_mode={kpe_mode!r}; build it with kpe_mode=None (SLaK, paper Table 1, has none)')
+        if half_grid is not None:
+            raise ValueError(f'half_grid={list(half_grid)!r} describes a peripheral sharing grid and contradicts '
+                             f'conv_type="stripe"; pass half_grid=None (half_grids=None in PeLK)')
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.stripe_width = stripe_width
+        self.small_kernel = small_kernel
+        self.kpe_mode = None
+        self.conv_impl = conv_impl
+        self.deployed = False
+
+        k, s = kernel_size, stripe_width
+        self.conv_h = nn.Conv2d(channels, channels, (k, s), padding=(k // 2, s // 2), groups=channels, bias=False)
+        self.norm_h = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+        self.conv_w = nn.Conv2d(channels, channels, (s, k), padding=(s // 2, k // 2), groups=channels, bias=False)
+        self.norm_w = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+        if small_kernel is not None:
+            self.small_conv = nn.Conv2d(channels, channels, small_kernel, padding=small_kernel // 2,
+                                        groups=channels, bias=False)
+            self.small_norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_params_per_channel(self) -> int:
+        """Large-kernel parameters per channel (the two stripes, without the small branch): ``2 K s``."""
+        return 2 * self.kernel_size * self.stripe_width
+
+    def _pad_to_square(self, kernel: torch.Tensor) -> torch.Tensor:
+        """Zero-pad a centred ``(C, 1, kh, kw)`` kernel to ``(C, 1, K, K)``."""
+        ph = (self.kernel_size - kernel.shape[-2]) // 2
+        pw = (self.kernel_size - kernel.shape[-1]) // 2
+        return F.pad(kernel, [pw, pw, ph, ph])
+
+    def dense_weight(self) -> torch.Tensor:
+        """The ``(C, 1, K, K)`` cross-shaped kernel of the two stripes (raw weights, before their BNs)."""
+        if self.deployed:
+            return self.lk_reparam.weight
+        return self._pad_to_square(self.conv_h.weight) + self._pad_to_square(self.conv_w.weight)
+
+    def extra_repr(self) -> str:
+        k, s = self.kernel_size, self.stripe_width
+        return (f'channels={self.channels}, kernel_size={k}, stripes={k}x{s}+{s}x{k}, '
+                f'params_per_channel={2 * k * s} (dense {k * k}), small_kernel={self.small_kernel}'
+                + (', deployed' if self.deployed else ''))
+
+    # ------------------------------------------------------------------ forward
+    @staticmethod
+    def _branch(conv: nn.Module, norm: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        y = conv(x)
+        return norm(y) if norm is not None else y
+
+    def forward(self, x: torch.Tensor, kpe: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if kpe is not None:
+            raise ValueError('StripeConv2d got a kernel-wise positional embedding but supports none; build the '
+                             'backbone with kpe_mode=None for conv_type="stripe"')
+        if self.deployed:
+            return self.lk_reparam(x)
+        y = self._branch(self.conv_h, self.norm_h, x) + self._branch(self.conv_w, self.norm_w, x)
+        if self.small_kernel is not None:
+            y = y + self._branch(self.small_conv, self.small_norm, x)
+        return y
+
+    # ------------------------------------------------------------------ deploy
+    @torch.no_grad()
+    def merged_kernel(self):
+        """Eval-mode equivalent ``(kernel (C, 1, K, K), bias (C,))`` of all branches with their BNs folded."""
+        kernel, bias = None, None
+        branches = [(self.conv_h, self.norm_h), (self.conv_w, self.norm_w)]
+        if self.small_kernel is not None:
+            branches.append((self.small_conv, self.small_norm))
+        for conv, norm in branches:
+            k, b, _ = _fuse_bn(conv.weight, norm)
+            k = self._pad_to_square(k)
+            kernel = k if kernel is None else kernel + k
+            bias = b if bias is None else bias + b
+        return kernel, bias
+
+    @torch.no_grad()
+    def switch_to_deploy(self, kpe: Optional[torch.Tensor] = None) -> None:
+        """Fold both stripes, the small branch and their BNs into one ``K x K`` depthwise ``nn.Conv2d`` + bias."""
+        if self.deployed:
+            return
+        if kpe is not None:
+            raise ValueError('StripeConv2d.switch_to_deploy got a kernel-wise positional embedding but the stripe '
+                             'kernel supports none (kpe_mode=None)')
+        kernel, bias = self.merged_kernel()
+        self.lk_reparam = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
+                                    groups=self.channels, bias=True).to(kernel.device)
+        self.lk_reparam.weight.copy_(kernel)
+        self.lk_reparam.bias.copy_(bias)
+        for name in ('conv_h', 'norm_h', 'conv_w', 'norm_w', 'small_conv', 'small_norm'):
+            if hasattr(self, name):
+                delattr(self, name)
+        self.deployed = True
+
+
+CONV_TYPES['stripe'] = StripeConv2d

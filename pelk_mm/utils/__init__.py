@@ -1,0 +1,1 @@
+"""Utilities: SLaK-style mask arithmetic and non-zero-aware complexity counting."""

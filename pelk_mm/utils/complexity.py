@@ -1,0 +1,260 @@
+"""Non-zero-aware parameter and FLOP counts, the way SLaK (and so PeLK) report sparse models.
+
+SLaK's ``FLOPs_counter.py`` counts a parameter only where it is non-zero (``print_model_param_nums``: the non-zeros
+of the 2-D/4-D weights) and a convolution's cost from its non-zero taps. PeLK's Table 2-4 numbers are for 40 %
+sparse models, so a dense count overstates them by about 1/0.6. This module
+
+* simulates the sparsity of a trained model on a freshly built one (:func:`sparsify_`: masks drawn as
+  :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` draws them; uniform by default, since the SNIP allocation of
+  a trained model depends on its data and is not published), or uses a real sparse checkpoint as is;
+* counts parameters three ways (:func:`count_params`): all, all with zeros skipped, and SLaK's 2-D/4-D non-zeros;
+* counts the multiply-accumulates (one MAC = one FLOP, as fvcore/mmengine and the paper) that zeros remove
+  (:func:`count_nonzero_macs`), by running the model once under a ``TorchDispatchMode`` that sees every
+  convolution / matrix product with its actual operands: a convolution costs
+  ``N * H_out * W_out * nnz(weight)`` (dense: ``numel(weight)``), a matrix product with a parameter operand
+  ``M * nnz(parameter)``. The peripheral conv runs as the expanded dense ``K x K`` kernel (``conv_impl='dense'``),
+  so a pruned shared cell removes every tap it covers.
+
+The non-zero FLOPs of a model are then ``dense FLOPs (mmengine's FlopAnalyzer) - saved MACs``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .sparsity import (build_masks, check_choice, check_sparsity, erk_densities, sparsifiable_params,
+                       uniform_densities)
+
+__all__ = ['sparsify_', 'count_params', 'count_nonzero_macs', 'NonZeroMacCounter']
+
+aten = torch.ops.aten
+
+
+@torch.no_grad()
+def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: str = 'all', seed: int = 0,
+              include=(), exclude=()) -> Dict[str, torch.Tensor]:
+    """Zero a random ``sparsity`` fraction of the selected weights in place, as a sparse training run leaves them.
+
+    Args:
+        model (nn.Module): Freshly built model.
+        sparsity (float): Fraction of zeros over the selected weights, in ``[0, 1)``.
+        init (str): Layer-wise allocation: ``'uniform'`` (every layer at ``1 - sparsity``) or ``'erk'``.
+        layers (str): ``'all'`` 2-D/4-D weights or ``'large_kernel'`` (see
+            :func:`~pelk_mm.utils.sparsity.sparsifiable_params`).
+        seed (int): Mask RNG seed.
+        include, exclude: Substring filters on parameter names.
+
+    Returns:
+        dict: the ``bool`` masks applied (``True`` = kept).
+    """
+    sparsity = check_sparsity(sparsity)
+    init = check_choice(init, ('uniform', 'erk'), 'init')
+    params = sparsifiable_params(model, layers, exclude)
+    if include:
+        params = OrderedDict((n, p) for n, p in params.items() if any(s in n for s in include))
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    density = 1 - sparsity
+    densities = uniform_densities(shapes, density) if init == 'uniform' else erk_densities(shapes, density)
+    g = torch.Generator().manual_seed(seed)
+    masks = build_masks(densities, params, generator=g)
+    for n, m in masks.items():
+        params[n].mul_(m.to(params[n].dtype))
+    return masks
+
+
+def count_params(model: nn.Module) -> Dict[str, int]:
+    """``total`` (every parameter), ``nonzero`` (every parameter, zeros skipped) and ``slak_nonzero`` (SLaK's
+    ``print_model_param_nums``: non-zeros of the 2-D/4-D parameters only)."""
+    total = nonzero = slak = 0
+    for p in model.parameters():
+        nz = int((p != 0).sum())
+        total += p.numel()
+        nonzero += nz
+        if p.dim() in (2, 4):
+            slak += nz
+    return dict(total=total, nonzero=nonzero, slak_nonzero=slak)
+
+
+def _storage_key(t: torch.Tensor):
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # noqa: BLE001 - tensors without storage (e.g. meta)
+        return None
+
+
+class NonZeroMacCounter(TorchDispatchMode):
+    """Counts dense and non-zero MACs of convolutions and of matrix products with a parameter operand.
+
+    Attributes after the forward: ``dense`` / ``nonzero`` (MACs of the counted ops) and ``by_op`` (per aten op).
+    """
+
+    MM_OPS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+
+    def __init__(self, params):
+        super().__init__()
+        self.param_keys = {_storage_key(p) for p in params}
+        self.param_keys.discard(None)
+        self.dense = 0
+        self.nonzero = 0
+        self.by_op: Dict[str, Dict[str, int]] = {}
+
+    def _add(self, op_name: str, dense: int, nonzero: int) -> None:
+        self.dense += dense
+        self.nonzero += nonzero
+        rec = self.by_op.setdefault(op_name, dict(dense=0, nonzero=0))
+        rec['dense'] += dense
+        rec['nonzero'] += nonzero
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = getattr(func, 'overloadpacket', None)
+        if packet is aten.convolution:
+            weight = args[1]
+            transposed = bool(args[6]) if len(args) > 6 else False
+            if transposed:  # every input position scatters through the kernel
+                positions = args[0].shape[0] * int(torch.tensor(args[0].shape[2:]).prod())
+            else:
+                positions = out.shape[0] * int(torch.tensor(out.shape[2:]).prod())
+            self._add('convolution', positions * weight.numel(), positions * int((weight != 0).sum()))
+        elif func in self.MM_OPS:
+            a, b = (args[1], args[2]) if func in (aten.addmm.default, aten.baddbmm.default) else (args[0], args[1])
+            batch = a.shape[0] if a.dim() == 3 else 1
+            m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+            dense = batch * m * k * n
+            if _storage_key(b) in self.param_keys:
+                nonzero = int((b != 0).sum()) * m * (batch if b.dim() == 3 else 1)
+            elif _storage_key(a) in self.param_keys:
+                nonzero = int((a != 0).sum()) * n * (batch if a.dim() == 3 else 1)
+            else:
+                nonzero = dense
+            self._add(str(packet), dense, nonzero)
+        return out
+
+
+@torch.no_grad()
+def count_nonzero_macs(model: nn.Module, forward: Callable[[], object]) -> Dict[str, object]:
+    """Run ``forward()`` (a closure calling ``model``) once and count dense vs non-zero MACs.
+
+    Returns:
+        dict: ``dense`` and ``nonzero`` MACs of the counted ops, ``saved = dense - nonzero`` and ``by_op``.
+    """
+    counter = NonZeroMacCounter(list(model.parameters()))
+    with counter:
+        forward()
+    return dict(dense=counter.dense, nonzero=counter.nonzero, saved=counter.dense - counter.nonzero,
+                by_op=counter.by_op)
+
+
+def sparse_complexity(model: nn.Module, forward: Callable[[], object], dense_flops: Optional[int] = None,
+                      sparsity: Optional[float] = None, init: str = 'uniform', layers: str = 'all',
+                      seed: int = 0) -> Dict[str, object]:
+    """Parameters and FLOPs of ``model`` counted the paper's way.
+
+    Args:
+        model (nn.Module): The model (with ``conv_impl='dense'`` peripheral convs, eval mode).
+        forward (callable): Runs the model once on the analysis input.
+        dense_flops (int, optional): The dense FLOP count of the same forward (mmengine's FlopAnalyzer, which also
+            counts norms, pooling and upsampling); the result's ``flops`` is ``dense_flops - saved MACs``.
+        sparsity (float, optional): If given, first zero this fraction of the selected weights with
+            :func:`sparsify_` (simulating a sparse-trained model); ``None`` counts the model's weights as they are
+            (e.g. a real sparse checkpoint).
+        init, layers, seed: see :func:`sparsify_`.
+    """
+    masks = None
+    if sparsity is not None:
+        masks = sparsify_(model, sparsity, init=init, layers=layers, seed=seed)
+    params = count_params(model)
+    macs = count_nonzero_macs(model, forward)
+    result = dict(params=params, macs=macs, masked_layers=len(masks) if masks is not None else None,
+                  sparsity=sparsity, init=init if sparsity is not None else None, layers=layers)
+    if dense_flops is not None:
+        result['dense_flops'] = int(dense_flops)
+        result['flops'] = int(dense_flops) - macs['saved']
+    return result
+
+
+def _analysis_forward(model: nn.Module, codebase: str, mode: str, x: torch.Tensor) -> Callable[[], object]:
+    """The forward that :func:`pelk_mm.apis.complexity.analyze_model` traced (same parts of the model)."""
+    import copy
+    if codebase == 'mmdet':
+        if mode.startswith('whole detector'):
+            from pelk_mm.apis.complexity import _det_data_samples
+            samples = _det_data_samples(x.shape[-2], x.shape[-1])
+            return lambda: model._forward(x, copy.deepcopy(samples))
+        return lambda: model.extract_feat(x)
+    if codebase == 'mmseg':
+        return lambda: model(x, mode='tensor')
+
+    def cls_forward():
+        feats = model.extract_feat(x)
+        return model.head(feats) if getattr(model, 'with_head', False) else feats
+    return cls_forward
+
+
+def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init: str = 'uniform',
+                          layers: str = 'all', checkpoint: Optional[str] = None, seed: int = 0,
+                          backbone_only: Optional[bool] = None) -> Dict[str, object]:
+    """The paper's (SLaK's) non-zero-aware params/FLOPs of a config's model, next to the dense counts.
+
+    Builds the model as ``tools/analysis/get_flops.py`` does (peripheral convs traced as dense ``K x K`` convs),
+    optionally loads a (sparse) ``checkpoint``, simulates ``sparsity`` with :func:`sparsify_` (``None``: count the
+    weights as they are), then takes the dense FLOPs from mmengine's analyzer and subtracts the MACs the zeros save.
+
+    Args:
+        backbone_only (bool, optional): Sparsify only ``backbone.*`` weights. Default: ``True`` for mmseg/mmdet
+            (downstream models fine-tune a sparse pretrained backbone with dense heads), ``False`` for classifiers
+            (SLaK masks every 2-D/4-D weight, the classifier head included).
+
+    Returns:
+        dict: the dense analysis (``flops``, ``params``, ``rows``, ...) plus ``nonzero_flops``, ``nonzero_params``,
+        ``slak_params`` (2-D/4-D non-zeros only), ``saved_macs`` and the sparsity settings.
+    """
+    from pelk_mm.apis.complexity import DEFAULT_SHAPES, analyze_model, build_model_for_analysis
+    model, codebase = build_model_for_analysis(cfg)
+    if checkpoint is not None:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='current')
+    if backbone_only is None:
+        backbone_only = codebase != 'mmpretrain'
+    masks = None
+    if sparsity is not None:
+        masks = sparsify_(model, sparsity, init=init, layers=layers, seed=seed,
+                          include=('backbone.', ) if backbone_only else ())
+    shape = tuple(shape) if shape else DEFAULT_SHAPES[codebase]
+    torch.manual_seed(seed)  # analyze_model draws its input with torch.randn: the same input below
+    dense = analyze_model(model, codebase, shape)
+    torch.manual_seed(seed)
+    x = torch.randn(1, 3, int(shape[0]), int(shape[1]))
+    macs = count_nonzero_macs(model, _analysis_forward(model, codebase, dense['mode'], x))
+    params = count_params(model)
+    backbone_params = count_params(model.backbone) if hasattr(model, 'backbone') else None
+    result = dict(dense)
+    result.update(codebase=codebase, sparsity=sparsity, init=init if sparsity is not None else None, layers=layers,
+                  backbone_only=backbone_only, masked_tensors=len(masks) if masks is not None else None,
+                  nonzero_flops=int(dense['flops']) - macs['saved'], saved_macs=macs['saved'],
+                  counted_macs=macs, nonzero_params=params['nonzero'], slak_params=params['slak_nonzero'],
+                  backbone_params=backbone_params)
+    return result
+
+
+def format_sparse_summary(result: Dict[str, object]) -> str:
+    """A few lines for ``get_flops.py --sparsity``."""
+    how = ('weights as loaded' if result['sparsity'] is None else
+           f'{result["sparsity"]:.0%} simulated sparsity ({result["init"]} layer-wise densities, {result["layers"]} '
+           f'2-D/4-D weights{" of the backbone" if result["backbone_only"] else ""})')
+    lines = [
+        f'non-zero-aware (SLaK/PeLK way), {how}:',
+        f'  FLOPs (non-zero): {result["nonzero_flops"] / 1e9:.3f} G   (dense {result["flops"] / 1e9:.3f} G, zeros '
+        f'save {result["saved_macs"] / 1e9:.3f} G)',
+        f'  params (non-zero, all tensors): {result["nonzero_params"] / 1e6:.3f} M   '
+        f'(SLaK counter, 2-D/4-D non-zeros only: {result["slak_params"] / 1e6:.3f} M; dense {result["params"] / 1e6:.3f} M)',
+    ]
+    if result.get('backbone_params'):
+        bp = result['backbone_params']
+        lines.append(f'  backbone params: non-zero {bp["nonzero"] / 1e6:.3f} M of {bp["total"] / 1e6:.3f} M')
+    return '\n'.join(lines)

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Effective receptive field (ERF) of a backbone's last stage, as RepLKNet/SLaK/PeLK (paper Fig. 4) measure it.
+
+For each of N images (resized to ``--input-size``, the paper uses 50 validation images at 1024x1024) the gradient of
+``sum_c relu(y[c, h/2, w/2])`` (the central point of the last stage's feature map) with respect to the input is
+taken; its positive part, summed over channels, is accumulated over the images. As RepLKNet's ``analyze_erf.py``:
+the map is ``log10(x + 1)``-scaled and normalised to [0, 1], plotted as a heatmap, and the high-contribution area
+ratio ``r(t)`` is the area of the smallest centred square holding a fraction ``t`` of the total (t = 0.2, 0.3, 0.5,
+0.99).
+
+    python tools/analysis/visualize_erf.py CONFIG [--checkpoint CKPT] [--data DIR | (demo data)] \
+        [--num-images 50] [--input-size 1024] [--out-dir work_dirs/erf]
+
+Writes ``erf.npy`` (the raw aggregated map), ``erf.png`` and ``erf.json`` (ratios, side lengths, settings).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description='Visualise and quantify the ERF of the last stage')
+    p.add_argument('config', help='config file (mmpretrain / mmseg / mmdet; a PeLK-style backbone)')
+    p.add_argument('--checkpoint', help='checkpoint to load (default: random init)')
+    p.add_argument('--data', help='folder of images (recursive); default: the demo ImageNet val split')
+    p.add_argument('--demo-root', default='data/demo', help='where the demo data lives / is generated')
+    p.add_argument('--num-images', type=int, default=50, help='images to aggregate (paper: 50)')
+    p.add_argument('--input-size', type=int, default=1024, help='square input size (paper: 1024)')
+    p.add_argument('--thresholds', type=float, nargs='+', default=list(THRESHOLDS))
+    p.add_argument('--out-dir', default='work_dirs/erf')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
+    args = p.parse_args(argv)
+    if args.num_images < 1 or args.input_size < 16:
+        p.error(f'--num-images must be >= 1 and --input-size >= 16, got {args.num_images}, {args.input_size}')
+    for t in args.thresholds:
+        if not 0 < t < 1:
+            p.error(f'--thresholds must lie in (0, 1), got {t}')
+    return args
+
+
+def last_stage_map(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last ``(N, C, H, W)`` feature map of the backbone (PeLK/ConvNeXt: pooled outputs are turned off)."""
+    if hasattr(backbone, 'gap_before_final_norm'):
+        backbone.gap_before_final_norm = False
+    outs = backbone(x)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs, )
+    maps = [o for o in outs if torch.is_tensor(o) and o.dim() == 4]
+    if not maps:
+        raise ValueError('the backbone returned no (N, C, H, W) feature map; ERF needs spatial outputs')
+    return maps[-1]
+
+
+def input_grad(backbone: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """RepLKNet's ``get_input_grad``: relu(d sum_c relu(y_c(centre)) / dx) summed over batch and channels."""
+    x = x.clone().requires_grad_(True)
+    y = last_stage_map(backbone, x)
+    h, w = y.shape[-2:]
+    central = torch.relu(y[:, :, h // 2, w // 2]).sum()
+    grad, = torch.autograd.grad(central, x)
+    return torch.relu(grad).sum((0, 1)).detach().cpu().double().numpy()
+
+
+def high_contribution_ratios(erf: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, dict]:
+    """RepLKNet's ``analyze_erf``: log-scale, normalise, then per threshold the smallest centred square holding that
+    fraction of the total: ``{t: dict(side=..., area_ratio=...)}`` (``None`` entries if none does)."""
+    data = np.log10(erf + 1)
+    if data.max() > 0:
+        data = data / data.max()
+    h, w = data.shape
+    total = data.sum()
+    out = {}
+    for t in thresholds:
+        side = ratio = None
+        for i in range(1, min(h, w) // 2 + 1):
+            area = data[max(h // 2 - i, 0):h // 2 + 1 + i, max(w // 2 - i, 0):w // 2 + 1 + i]
+            if total > 0 and area.sum() / total > t:
+                side, ratio = 2 * i + 1, min((2 * i + 1) / h, 1) * min((2 * i + 1) / w, 1)
+                break
+        out[str(t)] = dict(side=side, area_ratio=ratio)
+    return out
+
+
+def save_heatmap(erf: np.ndarray, path: str, title: str = '') -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    data = np.log10(erf + 1)
+    if data.max() > 0:
+        data = data / data.max()
+    fig, ax = plt.subplots(figsize=(6, 6.4), dpi=100)
+    im = ax.imshow(data, cmap='RdYlGn', vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def compute_erf(backbone, paths: List[str], size: int, mean, std, device: str = 'cpu'):
+    from pelk_mm.utils.analysis import load_image
+    acc, used = None, 0
+    for path in paths:
+        g = input_grad(backbone, load_image(path, size, mean, std).to(device))
+        if not np.isfinite(g).all():
+            print(f'skipping {path}: non-finite gradient')
+            continue
+        acc = g if acc is None else acc + g
+        used += 1
+    if acc is None:
+        raise RuntimeError('every image gave a non-finite gradient')
+    return acc / used, used
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    from pelk_mm.utils.analysis import build_model, find_images, get_backbone, load_cfg, norm_params
+    cfg = load_cfg(args.config, args.cfg_options)
+    model, _ = build_model(cfg, args.checkpoint, args.device)
+    backbone = get_backbone(model)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    paths = find_images(args.data, args.num_images, args.demo_root)
+    mean, std = norm_params(cfg)
+    erf, used = compute_erf(backbone, paths, args.input_size, mean, std, args.device)
+    ratios = high_contribution_ratios(erf, args.thresholds)
+    os.makedirs(args.out_dir, exist_ok=True)
+    np.save(osp.join(args.out_dir, 'erf.npy'), erf)
+    name = osp.splitext(osp.basename(args.config))[0]
+    save_heatmap(erf, osp.join(args.out_dir, 'erf.png'),
+                 f'ERF {name} ({used} images, {args.input_size}px)')
+    report = dict(config=args.config, checkpoint=args.checkpoint, num_images=used, input_size=args.input_size,
+                  ratios=ratios)
+    with open(osp.join(args.out_dir, 'erf.json'), 'w') as f:
+        json.dump(report, f, indent=2)
+    print(f'ERF of {name} over {used} images at {args.input_size}x{args.input_size}')
+    print('| threshold t | square side | area ratio r(t) |')
+    print('|---|---|---|')
+    for t, r in ratios.items():
+        ar = f'{r["area_ratio"]:.4f}' if r['area_ratio'] is not None else 'n/a'
+        print(f'| {t} | {r["side"]} | {ar} |')
+    print(f'wrote {osp.join(args.out_dir, "erf.png")}, erf.npy, erf.json')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

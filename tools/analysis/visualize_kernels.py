@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Sharing grids and learned large kernels of a PeLK checkpoint, and the parameter-vs-kernel-size curve (Fig. 6).
+
+    # grids + expanded kernels of every stage (block 0) of a config/checkpoint
+    python tools/analysis/visualize_kernels.py CONFIG [--checkpoint CKPT] [--block 0] [--channels 8] \
+        [--out-dir work_dirs/kernels]
+    # only the Fig. 6 curve (ConvNeXt-T-like net, all kernels K, peripheral vs dense vs stripe)
+    python tools/analysis/visualize_kernels.py --param-curve-only [--kernel-sizes 7 13 ... 151]
+
+Per stage ``i`` it writes ``stage{i}_grid.png`` (the K x K sharing grid: cell boundaries, the unshared centre shaded,
+cell widths along the axis) and ``stage{i}_kernels.png`` (mean |w| over the convolved channels of the expanded
+dense kernel, and the first ``--channels`` channels); ``param_curve.png`` + ``param_curve.json`` hold Fig. 6.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+FIG6_KERNELS = (7, 13, 21, 31, 51, 71, 101, 151)
+#: ConvNeXt-T: depths and widths of Fig. 6's network (every kernel replaced by K, every channel convolved)
+CONVNEXT_T = dict(depths=[3, 3, 9, 3], channels=[96, 192, 384, 768])
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description='Plot sharing grids, learned kernels and the params-vs-K curve')
+    p.add_argument('config', nargs='?', help='config with a PeLK backbone')
+    p.add_argument('--checkpoint', help='checkpoint (default: random init, still shows the grids)')
+    p.add_argument('--block', type=int, default=0, help='block of each stage whose kernel is drawn')
+    p.add_argument('--channels', type=int, default=8, help='individual channels drawn per stage')
+    p.add_argument('--kernel-sizes', type=int, nargs='+', default=list(FIG6_KERNELS),
+                   help='kernel sizes of the Fig. 6 curve')
+    p.add_argument('--no-param-curve', action='store_true', help='skip the Fig. 6 curve')
+    p.add_argument('--param-curve-only', action='store_true', help='only the Fig. 6 curve (no config needed)')
+    p.add_argument('--out-dir', default='work_dirs/kernels')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
+    args = p.parse_args(argv)
+    if args.config is None and not args.param_curve_only:
+        p.error('give a CONFIG, or --param-curve-only')
+    for k in args.kernel_sizes:
+        if k < 5 or k % 2 == 0:
+            p.error(f'--kernel-sizes must be odd and >= 5 (the stripe short side), got {k}')
+    return args
+
+
+# ------------------------------------------------------------------ grids and kernels
+def large_kernel_convs(backbone, block: int):
+    """``[(stage index, conv module)]`` of the large-kernel conv of block ``block`` of every stage."""
+    out = []
+    for i, stage in enumerate(backbone.stages):
+        blocks = list(stage)
+        if not blocks:
+            continue
+        b = blocks[min(block, len(blocks) - 1)]
+        conv = getattr(getattr(b, 'token_mixer', None), 'conv', None)
+        if conv is not None:
+            out.append((i, conv))
+    return out
+
+
+def expanded_kernel(conv) -> torch.Tensor:
+    """``(C, K, K)`` dense kernel of any large-kernel form (re-parameterised weight once deployed)."""
+    if getattr(conv, 'deployed', False):
+        return conv.lk_reparam.weight.detach()[:, 0]
+    return conv.dense_weight().detach()[:, 0]
+
+
+def plot_grid(conv, path: str, title: str) -> None:
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+    k = conv.kernel_size
+    grid = list(getattr(conv, 'grid', [1] * k))
+    edges = np.concatenate([[0], np.cumsum(grid)])
+    fig, ax = plt.subplots(figsize=(6, 6.3), dpi=100)
+    ax.set_xlim(0, k)
+    ax.set_ylim(k, 0)
+    centre = [j for j, s in enumerate(grid) if s == 1]
+    for a in range(len(grid)):
+        for b in range(len(grid)):
+            fine = grid[a] == 1 and grid[b] == 1 and a in centre and b in centre
+            ax.add_patch(Rectangle((edges[b], edges[a]), grid[b], grid[a], facecolor='#f4a261' if fine else
+                                   '#e9f5f9', edgecolor='#264653', linewidth=0.6))
+    if hasattr(conv, 'stripe_width'):  # stripe: shade the cross support
+        s = conv.stripe_width
+        lo = k // 2 - s // 2
+        ax.add_patch(Rectangle((lo, 0), s, k, facecolor='#2a9d8f', alpha=0.4))
+        ax.add_patch(Rectangle((0, lo), k, s, facecolor='#2a9d8f', alpha=0.4))
+    ax.set_xticks(edges)
+    ax.set_yticks(edges)
+    ax.tick_params(labelsize=6)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_kernels(kernel: torch.Tensor, path: str, title: str, channels: int) -> None:
+    plt = _plt()
+    kernel = kernel.float().cpu()
+    n = min(channels, kernel.shape[0])
+    cols = min(n, 4) if n else 1
+    rows = 1 + (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis('off')
+    mean_abs = kernel.abs().mean(0).numpy()
+    im = axes[0, 0].imshow(mean_abs, cmap='viridis')
+    axes[0, 0].set_title(f'mean |w| over {kernel.shape[0]} ch', fontsize=7)
+    fig.colorbar(im, ax=axes[0, 0], fraction=0.046, pad=0.04)
+    for c in range(n):
+        ax = axes[1 + c // cols, c % cols]
+        w = kernel[c].numpy()
+        v = float(np.abs(w).max()) or 1.0
+        ax.imshow(w, cmap='RdBu_r', vmin=-v, vmax=v)
+        ax.set_title(f'channel {c}', fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ Fig. 6
+def param_curve(kernel_sizes: Sequence[int] = FIG6_KERNELS) -> Dict[str, List[int]]:
+    """Parameters of a ConvNeXt-T-like PeLK (every channel convolved, 5x5 re-param branch, no KPE, no sparsity)
+    with every stage kernel set to ``K``, for the peripheral, dense and stripe forms.
+
+    One block per stage is built (a dense K=151 ConvNeXt-T would hold 150 M kernel weights); the count is
+    ``params(depth-1 net) + sum_i (depth_i - 1) * params(block of stage i)``, exact since blocks of a stage are
+    identical.
+    """
+    from pelk_mm.models import PeLK
+    curve = {'kernel_size': list(kernel_sizes)}
+    depths = CONVNEXT_T['depths']
+    for form in ('peripheral', 'dense', 'stripe'):
+        counts = []
+        for k in kernel_sizes:
+            m = PeLK(arch=dict(depths=[1] * len(depths), channels=CONVNEXT_T['channels'], kernel_sizes=[k] * 4),
+                     conv_type=form, conv_ratio=1.0, kpe_mode=None, init_cfg=None)
+            n = sum(p.numel() for p in m.parameters())
+            n += sum((d - 1) * sum(p.numel() for p in m.stages[i][0].parameters()) for i, d in enumerate(depths))
+            counts.append(int(n))
+            del m
+        curve[form] = counts
+    return curve
+
+
+def plot_param_curve(curve: Dict[str, List[int]], path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
+    styles = {'dense': ('#e76f51', 'dense K x K'), 'stripe': ('#2a9d8f', 'stripe K x 5 + 5 x K (SLaK)'),
+              'peripheral': ('#264653', 'peripheral (PeLK)')}
+    for form, (color, label) in styles.items():
+        ax.plot(curve['kernel_size'], np.array(curve[form]) / 1e6, 'o-', color=color, label=label)
+    ax.set_xlabel('kernel size K (all stages)')
+    ax.set_ylabel('parameters (M)')
+    ax.set_yscale('log')
+    ax.set_title('ConvNeXt-T-like network, every kernel K x K (paper Fig. 6)', fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    written = []
+    if not args.param_curve_only:
+        from pelk_mm.utils.analysis import build_model, get_backbone, load_cfg
+        cfg = load_cfg(args.config, args.cfg_options)
+        model, _ = build_model(cfg, args.checkpoint)
+        backbone = get_backbone(model)
+        if not hasattr(backbone, 'stages'):
+            raise ValueError(f'{type(backbone).__name__} has no PeLK-style `stages`; nothing to draw')
+        convs = large_kernel_convs(backbone, args.block)
+        if not convs:
+            raise ValueError('no large-kernel conv found in the backbone stages')
+        summary = []
+        for i, conv in convs:
+            kernel = expanded_kernel(conv)
+            grid = list(getattr(conv, 'grid', []))
+            desc = (f'stage {i}, block {args.block}: {type(conv).__name__} K={conv.kernel_size}'
+                    + (f', grid {grid}' if grid else ''))
+            plot_grid(conv, osp.join(args.out_dir, f'stage{i}_grid.png'), desc)
+            plot_kernels(kernel, osp.join(args.out_dir, f'stage{i}_kernels.png'),
+                         desc + ('' if args.checkpoint else ' (random init)'), args.channels)
+            written += [f'stage{i}_grid.png', f'stage{i}_kernels.png']
+            summary.append(dict(stage=i, type=type(conv).__name__, kernel_size=conv.kernel_size, grid=grid,
+                                channels=int(kernel.shape[0]), zero_fraction=float((kernel == 0).float().mean())))
+            print(desc + f'; zero taps {summary[-1]["zero_fraction"]:.3f}')
+        with open(osp.join(args.out_dir, 'kernels.json'), 'w') as f:
+            json.dump(dict(config=args.config, checkpoint=args.checkpoint, block=args.block, stages=summary), f,
+                      indent=2)
+        written.append('kernels.json')
+    if not args.no_param_curve:
+        curve = param_curve(args.kernel_sizes)
+        plot_param_curve(curve, osp.join(args.out_dir, 'param_curve.png'))
+        with open(osp.join(args.out_dir, 'param_curve.json'), 'w') as f:
+            json.dump(curve, f, indent=2)
+        written += ['param_curve.png', 'param_curve.json']
+        print('| K | ' + ' | '.join(str(k) for k in curve['kernel_size']) + ' |')
+        for form in ('peripheral', 'stripe', 'dense'):
+            print(f'| {form} (M) | ' + ' | '.join(f'{c / 1e6:.1f}' for c in curve[form]) + ' |')
+    print(f'wrote {", ".join(written)} to {args.out_dir}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
