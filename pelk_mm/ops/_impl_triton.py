@@ -41,6 +41,8 @@ def _kernels(interpret: bool):
     """Define the kernels lazily (``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is defined)."""
     import triton
     import triton.language as tl
+    # the interpreter and the JIT resolve ``tl`` through the kernel's module globals
+    globals().update(triton=triton, tl=tl)
 
     @triton.jit
     def _rowbox_contract(x_ptr, w_ptr, t_ptr, lo_w_ptr, hi_w_ptr, C, H, W, GH, GW,

@@ -1,0 +1,293 @@
+"""Every peripheral conv implementation vs an independent dense reference (forward, grad-input, grad-weight).
+
+Error metric: ``max|impl - ref| / max|ref|`` against a float64 reference built here (``repeat_interleave``
+expansion + ``F.conv2d``), not with the code under test. Tolerances: float64 1e-10, float32 1e-5, float16 1e-2,
+bfloat16 6e-2 (half types: inputs rounded to the half type first, so only the op's own rounding is measured).
+"""
+import importlib.util
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pelk_mm.ops import (autotune_cache, available_impls, clear_autotune_cache, peripheral_conv2d, peripheral_grid,
+                         resolve_impl, set_autotune)
+from pelk_mm.ops import _impl_cpp, _impl_triton, peripheral_conv as pc
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+CPU_IMPLS = ['cpp', 'box', 'fft', 'dense_cl', 'dense']
+HAS_TRITON = importlib.util.find_spec('triton') is not None
+
+
+# ------------------------------------------------------------------------------------------------ reference
+def ref_dense_kernel(weight: torch.Tensor, grid) -> torch.Tensor:
+    """(C, 1, k', k') -> (C, 1, K, K) by repeating each cell ``s`` times along both axes."""
+    sizes = torch.tensor(list(grid))
+    return weight.repeat_interleave(sizes, dim=-1).repeat_interleave(sizes, dim=-2)
+
+
+def ref_conv(x: torch.Tensor, weight: torch.Tensor, grid) -> torch.Tensor:
+    k = sum(grid)
+    return F.conv2d(x, ref_dense_kernel(weight, grid).to(x.dtype), padding=k // 2, groups=x.shape[1])
+
+
+def random_grid(rng: random.Random, k: int):
+    """Random (generally asymmetric) positive cell widths summing to the odd ``k``."""
+    cells, left = [], k
+    while left > 0:
+        s = min(left, rng.choice([1, 1, 2, 3, 5, 8]))
+        cells.append(s)
+        left -= s
+    return tuple(cells)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
+
+
+def check_impl(impl, x, w, grid, tol, channels_last=False):
+    """Forward, grad-input and grad-weight of ``impl`` vs the float64 reference on the same (rounded) inputs."""
+    x = x.detach().clone()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = w.detach().clone().requires_grad_(True)
+    y = peripheral_conv2d(x, w, grid, impl)
+    assert y.shape == x.shape and y.dtype == x.dtype, (impl, y.shape, y.dtype)
+    gy = torch.randn(y.shape, dtype=torch.float64).to(x.device, x.dtype)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    xr = x.detach().double().requires_grad_(True)
+    wr = w.detach().double().requires_grad_(True)
+    yr = ref_conv(xr, wr, grid)
+    gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy.double())
+    for name, a, b in (('forward', y, yr), ('grad_input', gx, gxr), ('grad_weight', gw, gwr)):
+        err = rel_err(a, b)
+        assert err <= tol, f'{impl} {name}: rel err {err:.2e} > {tol:.0e} (x {tuple(x.shape)} {x.dtype}, grid {grid})'
+
+
+def make(n, c, h, w, grid, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+    wt = torch.randn(c, 1, len(grid), len(grid), generator=g, dtype=torch.float64).to(dtype)
+    return x, wt
+
+
+# ------------------------------------------------------------------------------------------------ cases
+_rng = random.Random(1234)
+GRID_CASES = [
+    # (N, C, H, W, grid): odd/even sizes, batch 1, maps smaller than the kernel, K from 3 to 101
+    (1, 3, 7, 7, peripheral_grid(3, 3)),
+    (2, 2, 8, 11, peripheral_grid(5, 3)),
+    (1, 4, 7, 7, peripheral_grid(13)),
+    (2, 3, 14, 13, peripheral_grid(47)),
+    (1, 2, 12, 16, peripheral_grid(51)),  # map much smaller than the kernel
+    (1, 2, 6, 5, peripheral_grid(49)),
+    (1, 2, 24, 9, peripheral_grid(101, 7)),
+    (1, 2, 56, 3, peripheral_grid(101)),
+    (2, 2, 9, 10, random_grid(_rng, 7)),
+    (1, 3, 13, 12, random_grid(_rng, 21)),
+    (1, 2, 20, 17, random_grid(_rng, 33)),
+    (1, 2, 11, 30, random_grid(_rng, 61)),
+    (1, 1, 40, 33, random_grid(_rng, 101)),
+]
+
+
+def _case_id(case):
+    n, c, h, w, grid = case
+    return f'{n}x{c}x{h}x{w}-K{sum(grid)}-g{len(grid)}'
+
+
+@pytest.mark.parametrize('impl', CPU_IMPLS)
+@pytest.mark.parametrize('case', GRID_CASES, ids=_case_id)
+def test_impl_matches_reference_fp64(impl, case):
+    n, c, h, w, grid = case
+    x, wt = make(n, c, h, w, grid, torch.float64, seed=sum(grid))
+    check_impl(impl, x, wt, grid, TOL[torch.float64])
+
+
+@pytest.mark.parametrize('impl', CPU_IMPLS)
+@pytest.mark.parametrize('case', GRID_CASES[1::3], ids=_case_id)
+def test_impl_matches_reference_fp32_channels_last(impl, case):
+    n, c, h, w, grid = case
+    x, wt = make(n, c, h, w, grid, torch.float32, seed=1)
+    check_impl(impl, x, wt, grid, TOL[torch.float32])
+    check_impl(impl, x, wt, grid, TOL[torch.float32], channels_last=True)
+
+
+@pytest.mark.parametrize('impl', CPU_IMPLS)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_impl_half_types(impl, dtype):
+    for case in (GRID_CASES[2], GRID_CASES[4]):
+        n, c, h, w, grid = case
+        x, wt = make(n, c, h, w, grid, dtype, seed=2)
+        check_impl(impl, x, wt, grid, TOL[dtype])
+
+
+@pytest.mark.parametrize('impl', ['cpp', 'box', 'auto'])
+def test_autocast_bf16_like_conv2d(impl):
+    grid = peripheral_grid(13)
+    x, wt = make(1, 3, 9, 8, grid, torch.float32, seed=3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = peripheral_conv2d(x, wt, grid, impl)
+        y_dense = peripheral_conv2d(x, wt, grid, 'dense')
+    assert y.dtype == y_dense.dtype == torch.bfloat16
+    ref = ref_conv(x.bfloat16().double(), wt.bfloat16().double(), grid)
+    assert rel_err(y, ref) <= TOL[torch.bfloat16]
+
+
+def test_pelk_stage_shape_fp32():
+    """One realistic PeLK-T stage-3 shape (14x14, K=47) through every CPU implementation."""
+    grid = peripheral_grid(47)
+    x, wt = make(1, 16, 14, 14, grid, torch.float32, seed=4)
+    for impl in CPU_IMPLS:
+        check_impl(impl, x, wt, grid, TOL[torch.float32])
+
+
+# ------------------------------------------------------------------------------------------------ triton
+@pytest.fixture
+def triton_interpreter(monkeypatch):
+    if not HAS_TRITON:
+        pytest.skip('triton is not installed in this environment, so its interpreter cannot run the kernels')
+    if torch.cuda.is_available():
+        yield  # real GPU: run the compiled kernels
+        return
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(tl.zeros, InterpretedFunction):
+        pytest.skip('triton was imported before TRITON_INTERPRET=1 was set (conftest sets it); run tests/test_ops '
+                    'in its own pytest process')
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    yield
+
+
+@pytest.mark.parametrize('case,dtype', [
+    ((1, 2, 5, 6, peripheral_grid(13)), torch.float64),
+    ((1, 1, 4, 9, random_grid(random.Random(7), 9)), torch.float64),
+    ((2, 1, 3, 3, peripheral_grid(51)), torch.float32),
+], ids=['K13-fp64', 'random-fp64', 'K51-small-map-fp32'])
+def test_triton_interpreter_matches_reference(triton_interpreter, case, dtype):
+    n, c, h, w, grid = case
+    x, wt = make(n, c, h, w, grid, dtype, seed=5)
+    if torch.cuda.is_available():
+        x, wt = x.cuda(), wt.cuda()
+    check_impl('triton', x, wt, grid, TOL[dtype])
+
+
+def test_triton_not_supported_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    grid = peripheral_grid(13)
+    x, wt = make(1, 1, 5, 5, grid)
+    with pytest.raises(ValueError, match="'triton' does not support"):
+        peripheral_conv2d(x, wt, grid, 'triton')
+    assert resolve_impl(x, wt, grid).name != 'triton'
+
+
+# ------------------------------------------------------------------------------------------------ dispatcher
+def test_all_impls_registered():
+    assert set(CPU_IMPLS + ['triton']) <= set(available_impls())
+
+
+def test_auto_picks_cpp_on_cpu_or_falls_back(monkeypatch):
+    monkeypatch.delenv('PELK_MM_CONV_IMPL', raising=False)
+    grid = peripheral_grid(13)
+    x, wt = make(1, 2, 7, 7, grid, torch.float32)
+    expected = 'cpp' if _impl_cpp.extension() is not None else 'box'
+    assert resolve_impl(x, wt, grid).name == expected
+    monkeypatch.setitem(_impl_cpp._state, 'tried', True)
+    monkeypatch.setitem(_impl_cpp._state, 'module', None)
+    assert resolve_impl(x, wt, grid).name == 'box'  # clean fallback when the extension is unavailable
+
+
+def test_env_override_and_argument_precedence(monkeypatch):
+    grid = peripheral_grid(13)
+    x, wt = make(1, 2, 7, 7, grid)
+    monkeypatch.setenv('PELK_MM_CONV_IMPL', 'fft')
+    assert resolve_impl(x, wt, grid).name == 'fft'
+    assert resolve_impl(x, wt, grid, 'box').name == 'box'  # explicit argument wins
+    monkeypatch.setenv('PELK_MM_CONV_IMPL', 'dense')
+    check_impl('auto', x, wt, grid, TOL[torch.float64])
+
+
+def test_unknown_impl_errors(monkeypatch):
+    grid = peripheral_grid(13)
+    x, wt = make(1, 2, 7, 7, grid)
+    with pytest.raises(ValueError, match="unknown peripheral conv implementation 'nope'"):
+        peripheral_conv2d(x, wt, grid, 'nope')
+    monkeypatch.setenv('PELK_MM_CONV_IMPL', 'bogus')
+    with pytest.raises(ValueError, match="'bogus'.*PELK_MM_CONV_IMPL"):
+        peripheral_conv2d(x, wt, grid)
+
+
+def test_bad_inputs_error():
+    grid = peripheral_grid(13)
+    x, wt = make(1, 2, 7, 7, grid)
+    with pytest.raises(ValueError, match='weight must have shape'):
+        peripheral_conv2d(x, wt[:, :, :-1], grid)
+    with pytest.raises(ValueError, match='odd kernel size'):
+        peripheral_conv2d(x, wt[:, :, :2, :2], (2, 2))
+
+
+def test_autotune_caches_once_per_key(monkeypatch):
+    monkeypatch.delenv('PELK_MM_CONV_IMPL', raising=False)
+    calls = []
+    real = pc._time_once
+    monkeypatch.setattr(pc, '_time_once', lambda impl, *a: calls.append(impl.name) or real(impl, *a))
+    clear_autotune_cache()
+    set_autotune(True)
+    try:
+        grid = peripheral_grid(13)
+        x, wt = make(1, 2, 9, 9, grid, torch.float32)
+        y1 = peripheral_conv2d(x, wt, grid)
+        n_timed = len(calls)
+        assert n_timed > 0 and 'dense' not in calls
+        cache = autotune_cache()
+        key = pc.autotune_key(x, wt, grid)
+        assert key[:6] == ('cpu', torch.float32, 1, 2, 9, 9) and cache[key] in available_impls()
+        y2 = peripheral_conv2d(x, wt, grid)
+        assert len(calls) == n_timed  # cached: no re-timing
+        assert rel_err(y2, y1) < 1e-5
+        peripheral_conv2d(x[:, :1], wt[:1], grid)  # new shape -> new key
+        assert len(autotune_cache()) == 2
+    finally:
+        set_autotune(None)
+        clear_autotune_cache()
+
+
+def test_autotune_env_opt_in(monkeypatch):
+    set_autotune(None)
+    monkeypatch.setenv('PELK_MM_CONV_AUTOTUNE', '0')
+    assert not pc.autotune_enabled()
+    monkeypatch.setenv('PELK_MM_CONV_AUTOTUNE', '1')
+    assert pc.autotune_enabled()
+
+
+# ------------------------------------------------------------------------------------------------ compile
+@pytest.mark.parametrize('impl', ['auto', 'box'])
+def test_torch_compile_forward_backward(impl, monkeypatch):
+    monkeypatch.delenv('PELK_MM_CONV_IMPL', raising=False)
+    torch._dynamo.reset()
+    grid = peripheral_grid(13)
+    x, wt = make(1, 3, 9, 8, grid, torch.float32, seed=6)
+
+    def f(x, w):
+        return peripheral_conv2d(x * 2, w, grid, impl).sin()
+
+    compiled = torch.compile(f, backend='aot_eager', fullgraph=True)
+    xa, wa = x.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    xb, wb = x.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    ya, yb = compiled(xa, wa), f(xb, wb)
+    ya.sum().backward()
+    yb.sum().backward()
+    assert rel_err(ya, yb) < 1e-5 and rel_err(xa.grad, xb.grad) < 1e-5 and rel_err(wa.grad, wb.grad) < 1e-5
+
+
+def test_torch_compile_inductor_default_impl(monkeypatch):
+    monkeypatch.delenv('PELK_MM_CONV_IMPL', raising=False)
+    torch._dynamo.reset()
+    grid = peripheral_grid(13)
+    x, wt = make(1, 2, 7, 7, grid, torch.float32, seed=8)
+    compiled = torch.compile(lambda x, w: peripheral_conv2d(x, w, grid) + 1)
+    with torch.no_grad():
+        assert rel_err(compiled(x, wt) - 1, ref_conv(x.double(), wt.double(), grid)) < 1e-5
