@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <c10/util/TypeCast.h>
 #include <vector>
 
 namespace {
@@ -158,11 +159,19 @@ void gram(const T* V, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* out
   }
 }
 
+// Thread-private scratch, allocated through ATen's CPU allocator (so torch.profiler memory stats include it).
 template <typename T>
 struct PlaneBuffers {
-  std::vector<T> xrow, R, Tm, acc;
-  PlaneBuffers(int64_t H, int64_t Wp, int64_t pl, int64_t pr, int64_t Gb, int64_t Ga)
-      : xrow(pl + Wp + pr, T(0)), R(Gb * H * Wp), Tm(Ga * H * Wp), acc(H * Wp) {}
+  at::Tensor storage;
+  T *xrow, *R, *Tm, *acc;
+  PlaneBuffers(int64_t H, int64_t Wp, int64_t pl, int64_t pr, int64_t Gb, int64_t Ga) {
+    const int64_t nrow = pl + Wp + pr, nR = Gb * H * Wp, nT = Ga * H * Wp, nacc = H * Wp;
+    storage = at::zeros({nrow + nR + nT + nacc}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    xrow = storage.data_ptr<T>();
+    R = xrow + nrow;
+    Tm = R + nR;
+    acc = Tm + nT;
+  }
 };
 
 template <typename T>
@@ -174,11 +183,11 @@ void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H,
     PlaneBuffers<T> buf(H, Wp, pl, pr, Gb, Ga);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
-      row_box(x + p * H * W, H, W, Wp, cw, buf.xrow.data(), pl, buf.R.data());
-      contract(w + c * Ga * Gb, Ga, Gb, buf.R.data(), H * Wp, buf.Tm.data());
-      col_box(buf.Tm.data(), H, Wp, ch.lo.data(), ch.hi.data(), Ga, 1, buf.acc.data());
+      row_box(x + p * H * W, H, W, Wp, cw, buf.xrow, pl, buf.R);
+      contract(w + c * Ga * Gb, Ga, Gb, buf.R, H * Wp, buf.Tm);
+      col_box(buf.Tm, H, Wp, ch.lo.data(), ch.hi.data(), Ga, 1, buf.acc);
       T* out = y + p * H * W;
-      for (int64_t i = 0; i < H; ++i) std::memcpy(out + i * W, buf.acc.data() + i * Wp, sizeof(T) * W);
+      for (int64_t i = 0; i < H; ++i) std::memcpy(out + i * W, buf.acc + i * Wp, sizeof(T) * W);
     }
   });
 }
@@ -191,19 +200,19 @@ void grad_weight_impl(const T* x, const T* gy, double* gw_planes, int64_t N, int
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, Gb, Ga);
     for (int64_t p = begin; p < end; ++p) {
-      row_box(x + p * H * W, H, W, Wp, cw, buf.xrow.data(), pl, buf.R.data());
+      row_box(x + p * H * W, H, W, Wp, cw, buf.xrow, pl, buf.R);
       // gy rows padded to Wp with zeros, then V[a, r, :] = sum_{u in cell a} gy[r - u, :]
       const T* g = gy + p * H * W;
       for (int64_t i = 0; i < H; ++i) {
-        T* dst = buf.acc.data() + i * Wp;
+        T* dst = buf.acc + i * Wp;
         std::memcpy(dst, g + i * W, sizeof(T) * W);
         std::fill(dst + W, dst + Wp, T(0));
       }
       for (int64_t a = 0; a < Ga; ++a)
-        col_box(buf.acc.data(), H, Wp, ch.lo.data() + a, ch.hi.data() + a, 1, -1, buf.Tm.data() + a * H * Wp);
+        col_box(buf.acc, H, Wp, ch.lo.data() + a, ch.hi.data() + a, 1, -1, buf.Tm + a * H * Wp);
       double* out = gw_planes + p * Ga * Gb;
       std::fill(out, out + Ga * Gb, 0.0);
-      gram(buf.Tm.data(), Ga, buf.R.data(), Gb, H * Wp, out);
+      gram(buf.Tm, Ga, buf.R, Gb, H * Wp, out);
     }
   });
 }

@@ -1,0 +1,249 @@
+"""Benchmark every peripheral conv implementation at PeLK stage shapes (CPU by default).
+
+Per implementation and input layout: median forward time (``torch.no_grad``), median forward+backward time
+(grads for x and the block weights), peak memory of each, and ratios to the dense NCHW reference and to a 7x7
+depthwise ``F.conv2d`` in the same layout - all measured in one run.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the live bytes before the call; on CPU the peak of the
+running sum of allocations/frees that ``torch.profiler`` (``profile_memory=True``) records for the call (each op's
+self allocations minus frees, in op start order, so op-granular), i.e. bytes obtained through torch's CPU allocator (the C++ extension allocates its scratch through it too). Inputs and weights
+that exist before the call are not counted.
+
+Usage::
+
+    python benchmarks/bench_peripheral_conv.py                # full table, writes work_dirs/benchmarks/peripheral_conv.json
+    python benchmarks/bench_peripheral_conv.py --quick        # smoke run on one tiny shape
+    python benchmarks/bench_peripheral_conv.py --out my.json --threads 2 --skip-dense
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import_ops():
+    """``pelk_mm.ops`` without requiring the OpenMMLab stack that ``pelk_mm/__init__`` imports."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    try:
+        return importlib.import_module('pelk_mm.ops')
+    except Exception:  # noqa: BLE001 - mmengine/mmcv missing: load the ops package on its own
+        for name in [n for n in sys.modules if n == 'pelk_mm' or n.startswith('pelk_mm.')]:
+            del sys.modules[name]
+        pkg = types.ModuleType('pelk_mm')
+        pkg.__path__ = [os.path.join(ROOT, 'pelk_mm')]
+        sys.modules['pelk_mm'] = pkg
+        return importlib.import_module('pelk_mm.ops')
+
+
+ops = _import_ops()
+
+# PeLK-T convolves 3/8 of the stage widths 124/249/499/998 -> 46/93/187/374 channels.
+FULL_SHAPES = [  # (C, H=W, K, centre size)
+    (46, 56, 51, 5),
+    (93, 28, 49, 5),
+    (187, 14, 47, 5),
+    (374, 7, 13, 5),
+    (46, 56, 101, 7),  # PeLK-101 stage 1 (7x7 centre)
+]
+QUICK_SHAPES = [(8, 12, 13, 5)]
+IMPLS = ['auto', 'cpp', 'box', 'fft', 'dense_cl', 'dense']
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], None], device, reps: int, budget_s: float) -> float:
+    """Median seconds over ``reps`` runs after one warm-up (fewer runs if one run exceeds the time budget)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    n = max(1, min(reps, int(budget_s / max(first, 1e-9))))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peak_bytes(fn: Callable[[], None], device) -> int:
+    """Peak extra bytes allocated during ``fn`` (see module docstring for the method)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # walk every op's *self* allocations minus frees (and the stand-alone "[memory]" events) in start order
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.cpu_memory_usage if e.name == '[memory]' else e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+def _make_runs(impl: str, x: torch.Tensor, w: torch.Tensor, grid, gy: torch.Tensor):
+    """(forward fn, forward+backward fn) for one implementation; ``impl`` may be ``'dw7'`` (7x7 depthwise)."""
+    if impl == 'dw7':
+        w7 = torch.randn(x.shape[1], 1, 7, 7, dtype=x.dtype, device=x.device, requires_grad=True)
+
+        def conv(xx):
+            return F.conv2d(xx, w7, padding=3, groups=x.shape[1])
+        params = [w7]
+    else:
+        def conv(xx):
+            return ops.peripheral_conv2d(xx, w, grid, impl)
+        params = [w]
+
+    def fwd():
+        with torch.no_grad():
+            conv(x)
+
+    def fwd_bwd():
+        xx = x.detach().requires_grad_(True)
+        y = conv(xx)
+        torch.autograd.grad(y, [xx] + params, gy)
+    return fwd, fwd_bwd
+
+
+def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget_s, skip_dense) -> List[Dict]:
+    grid = ops.peripheral_grid(k, centre)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for layout in layouts:
+        fmt = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+        x = torch.randn(n, c, hw, hw, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
+        w = (0.02 * torch.randn(c, 1, len(grid), len(grid), generator=gen)).to(device, dtype).requires_grad_(True)
+        gy = torch.randn(x.shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
+        names = ['dw7'] + [i for i in impls if not (skip_dense and i == 'dense')]
+        if layout == 'channels_last':
+            names = [i for i in names if i not in ('dense',)]  # the reference row is NCHW
+        for impl in names:
+            if impl not in ('dw7', 'auto') and not ops.peripheral_conv.resolve_impl(x, w, grid, impl):
+                continue
+            try:
+                chosen = impl if impl in ('dw7',) else ops.resolve_impl(x, w, grid, impl).name
+                fwd, fwd_bwd = _make_runs(impl, x, w, grid, gy)
+                row = dict(N=n, C=c, H=hw, W=hw, K=k, G=len(grid), layout=layout, impl=impl, runs=chosen,
+                           fwd_ms=1e3 * _median_time(fwd, device, reps, budget_s),
+                           fwd_bwd_ms=1e3 * _median_time(fwd_bwd, device, reps, budget_s),
+                           fwd_peak_mb=_peak_bytes(fwd, device) / 2**20,
+                           fwd_bwd_peak_mb=_peak_bytes(fwd_bwd, device) / 2**20)
+            except ValueError as err:  # implementation does not support this device/dtype
+                print(f'  skip {impl}: {err}', file=sys.stderr)
+                continue
+            rows.append(row)
+            print(f'  {n},{c},{hw}x{hw},K={k} {layout:13s} {impl:8s} fwd {row["fwd_ms"]:9.2f} ms  '
+                  f'fwd+bwd {row["fwd_bwd_ms"]:9.2f} ms', file=sys.stderr, flush=True)
+    _add_ratios(rows)
+    return rows
+
+
+def _add_ratios(rows: List[Dict]) -> None:
+    dense = next((r for r in rows if r['impl'] == 'dense' and r['layout'] == 'NCHW'), None)
+    dw7 = {r['layout']: r for r in rows if r['impl'] == 'dw7'}
+    for r in rows:
+        for key in ('fwd_ms', 'fwd_bwd_ms'):
+            tag = key[:-3]
+            r[f'speedup_vs_dense_nchw_{tag}'] = dense[key] / r[key] if dense else None
+            r[f'ratio_to_dw7_same_layout_{tag}'] = r[key] / dw7[r['layout']][key] if r['layout'] in dw7 else None
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    head = ('| N,C,HxW,K (k\') | layout | impl (runs) | fwd ms | fwd+bwd ms | peak MB fwd / f+b | '
+            'x faster than dense NCHW fwd / f+b | / dw7x7 same layout fwd / f+b |')
+    lines = [head, '|' + '---|' * 8]
+    for r in rows:
+        name = r['impl'] if r['impl'] == r['runs'] else f"{r['impl']} ({r['runs']})"
+        lines.append(
+            f"| {r['N']},{r['C']},{r['H']}x{r['W']},{r['K']} ({r['G']}) | {r['layout']} | {name} | "
+            f"{r['fwd_ms']:.3g} | {r['fwd_bwd_ms']:.3g} | {r['fwd_peak_mb']:.1f} / {r['fwd_bwd_peak_mb']:.1f} | "
+            f"{_fmt(r['speedup_vs_dense_nchw_fwd'], '.1f')} / {_fmt(r['speedup_vs_dense_nchw_fwd_bwd'], '.1f')} | "
+            f"{_fmt(r['ratio_to_dw7_same_layout_fwd'], '.2f')} / {_fmt(r['ratio_to_dw7_same_layout_fwd_bwd'], '.2f')} |")
+    return '\n'.join(lines)
+
+
+def machine_info(device) -> Dict:
+    info = dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+                device=str(device), cpu=platform.processor() or platform.machine())
+    try:
+        with open('/proc/cpuinfo') as f:
+            info['cpu'] = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    info['cpp_extension'] = 'loaded' if ops._impl_cpp.extension() is not None else \
+        f'unavailable: {ops._impl_cpp.unavailable_reason()}'
+    return info
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--quick', action='store_true', help='one tiny shape, batch 1, 1 timed rep (smoke test)')
+    p.add_argument('--out', default=os.path.join(ROOT, 'work_dirs', 'benchmarks', 'peripheral_conv.json'),
+                   help='JSON output path')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--dtype', default='float32', choices=['float32', 'float64', 'float16', 'bfloat16'])
+    p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (CPU)')
+    p.add_argument('--batches', type=int, nargs='+', default=[1, 8])
+    p.add_argument('--impls', nargs='+', default=IMPLS)
+    p.add_argument('--layouts', nargs='+', default=['NCHW', 'channels_last'])
+    p.add_argument('--reps', type=int, default=7, help='timed repetitions (median), fewer for slow runs')
+    p.add_argument('--budget', type=float, default=6.0, help='seconds of timed runs per measurement, at most')
+    p.add_argument('--skip-dense', action='store_true', help='leave out the (slow) dense NCHW reference')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.set_num_threads(args.threads)
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    batches = [1] if args.quick else args.batches
+    reps = 1 if args.quick else args.reps
+    info = machine_info(device)
+    rows = []
+    for (c, hw, k, centre) in shapes:
+        for n in batches:
+            rows += bench_shape(n, c, hw, k, centre, args.impls, args.layouts, device, dtype, reps, args.budget,
+                                args.skip_dense)
+    table = markdown_table(rows)
+    print(f"Machine: {info['cpu']}, {info['threads']} threads, torch {info['torch']}, {args.dtype}, "
+          f"device {info['device']}; C++ extension {info['cpp_extension']}\n")
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(dict(machine=info, args=vars(args), rows=rows, table=table), f, indent=1, default=str)
+    print(f'\nwrote {args.out}')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
