@@ -21,8 +21,28 @@
 
 namespace {
 
+// GCC/Clang vector extensions: one AVX2 register (8 floats / 4 doubles); unaligned loads/stores via aligned(sizeof T).
 template <typename T>
-constexpr int kBlock = 64 / sizeof(T);  // elements per inner chunk: two AVX2 registers
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(32), aligned(4)));
+  static constexpr int n = 8;
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(32), aligned(8)));
+  static constexpr int n = 4;
+};
+template <typename T>
+using V = typename Vec<T>::type;
+template <typename T>
+constexpr int kVN = Vec<T>::n;  // padded row length is a multiple of this
+
+template <typename T>
+inline V<T> vload(const T* p) { return *reinterpret_cast<const V<T>*>(p); }
+template <typename T>
+inline void vstore(T* p, V<T> v) { *reinterpret_cast<V<T>*>(p) = v; }
 
 struct Cells {
   std::vector<int64_t> lo, hi;
@@ -44,117 +64,156 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // dst[b, h, j] = sum_{v = lo_b}^{hi_b} src[h, j + v] (zero outside [0, W)); dst rows are Wp long, tail zeroed.
 template <typename T>
 void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, T* xrow, int64_t pl, T* dst) {
-  constexpr int JB = kBlock<T>;
+  constexpr int VN = kVN<T>;
   const int64_t G = cw.size();
   for (int64_t h = 0; h < H; ++h) {
     std::memcpy(xrow + pl, src + h * W, sizeof(T) * W);
     for (int64_t b = 0; b < G; ++b) {
       T* out = dst + (b * H + h) * Wp;
-      for (int64_t j0 = 0; j0 < Wp; j0 += JB) {
-        T acc[JB] = {0};
+      const T* base = xrow + pl;
+      int64_t j0 = 0;
+      for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {  // four independent accumulator chains
+        V<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
         for (int64_t v = cw.lo[b]; v <= cw.hi[b]; ++v) {
-          const T* s = xrow + pl + j0 + v;
-#pragma omp simd
-          for (int jj = 0; jj < JB; ++jj) acc[jj] += s[jj];
+          const T* s = base + j0 + v;
+          a0 += vload(s);
+          a1 += vload(s + VN);
+          a2 += vload(s + 2 * VN);
+          a3 += vload(s + 3 * VN);
         }
-        std::memcpy(out + j0, acc, sizeof(acc));
+        vstore(out + j0, a0);
+        vstore(out + j0 + VN, a1);
+        vstore(out + j0 + 2 * VN, a2);
+        vstore(out + j0 + 3 * VN, a3);
+      }
+      for (; j0 < Wp; j0 += VN) {
+        V<T> a0 = {};
+        for (int64_t v = cw.lo[b]; v <= cw.hi[b]; ++v) a0 += vload(base + j0 + v);
+        vstore(out + j0, a0);
       }
       std::fill(out + W, out + Wp, T(0));
     }
   }
 }
 
-// dst[a, :] = sum_b w[a, b] src[b, :] over L (a multiple of kBlock) elements; register-blocked 4 rows of a.
+// dst[a, :] = sum_b w[a, b] src[b, :] over L (a multiple of the vector width) elements; 4 rows x 2 vectors in
+// registers per step.
 template <typename T>
 void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, T* dst) {
-  constexpr int JB = kBlock<T>;
-  for (int64_t t0 = 0; t0 < L; t0 += JB) {
+  constexpr int VN = kVN<T>;
+  int64_t t0 = 0;
+  for (; t0 + 2 * VN <= L; t0 += 2 * VN) {
     int64_t a = 0;
     for (; a + 4 <= Ga; a += 4) {
-      T acc0[JB] = {0}, acc1[JB] = {0}, acc2[JB] = {0}, acc3[JB] = {0};
+      V<T> c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
+      const T *w0 = w + a * Gb, *w1 = w0 + Gb, *w2 = w1 + Gb, *w3 = w2 + Gb;
       for (int64_t b = 0; b < Gb; ++b) {
-        const T* r = src + b * L + t0;
-        const T w0 = w[a * Gb + b], w1 = w[(a + 1) * Gb + b], w2 = w[(a + 2) * Gb + b], w3 = w[(a + 3) * Gb + b];
-#pragma omp simd
-        for (int jj = 0; jj < JB; ++jj) {
-          acc0[jj] += w0 * r[jj];
-          acc1[jj] += w1 * r[jj];
-          acc2[jj] += w2 * r[jj];
-          acc3[jj] += w3 * r[jj];
-        }
+        const V<T> r0 = vload(src + b * L + t0), r1 = vload(src + b * L + t0 + VN);
+        c00 += w0[b] * r0; c01 += w0[b] * r1;
+        c10 += w1[b] * r0; c11 += w1[b] * r1;
+        c20 += w2[b] * r0; c21 += w2[b] * r1;
+        c30 += w3[b] * r0; c31 += w3[b] * r1;
       }
-      std::memcpy(dst + a * L + t0, acc0, sizeof(acc0));
-      std::memcpy(dst + (a + 1) * L + t0, acc1, sizeof(acc1));
-      std::memcpy(dst + (a + 2) * L + t0, acc2, sizeof(acc2));
-      std::memcpy(dst + (a + 3) * L + t0, acc3, sizeof(acc3));
+      vstore(dst + a * L + t0, c00); vstore(dst + a * L + t0 + VN, c01);
+      vstore(dst + (a + 1) * L + t0, c10); vstore(dst + (a + 1) * L + t0 + VN, c11);
+      vstore(dst + (a + 2) * L + t0, c20); vstore(dst + (a + 2) * L + t0 + VN, c21);
+      vstore(dst + (a + 3) * L + t0, c30); vstore(dst + (a + 3) * L + t0 + VN, c31);
     }
     for (; a < Ga; ++a) {
-      T acc[JB] = {0};
+      V<T> c0 = {}, c1 = {};
       for (int64_t b = 0; b < Gb; ++b) {
-        const T* r = src + b * L + t0;
-        const T wa = w[a * Gb + b];
-#pragma omp simd
-        for (int jj = 0; jj < JB; ++jj) acc[jj] += wa * r[jj];
+        c0 += w[a * Gb + b] * vload(src + b * L + t0);
+        c1 += w[a * Gb + b] * vload(src + b * L + t0 + VN);
       }
-      std::memcpy(dst + a * L + t0, acc, sizeof(acc));
+      vstore(dst + a * L + t0, c0);
+      vstore(dst + a * L + t0 + VN, c1);
+    }
+  }
+  for (; t0 < L; t0 += VN) {
+    for (int64_t a = 0; a < Ga; ++a) {
+      V<T> c0 = {};
+      for (int64_t b = 0; b < Gb; ++b) c0 += w[a * Gb + b] * vload(src + b * L + t0);
+      vstore(dst + a * L + t0, c0);
     }
   }
 }
 
 // dst[i, :] = sum_c sum_{r = i + lo_c}^{i + hi_c} src[c, r, :] over cells c (rows r in [0, H)); rows are Wp long.
+// sign = -1 uses the transposed box: rows i - [lo_c, hi_c].
 template <typename T>
 void col_box(const T* src, int64_t H, int64_t Wp, const int64_t* lo, const int64_t* hi, int64_t G, int64_t sign,
              T* dst) {
-  constexpr int JB = kBlock<T>;
+  constexpr int VN = kVN<T>;
   for (int64_t i = 0; i < H; ++i) {
-    for (int64_t j0 = 0; j0 < Wp; j0 += JB) {
-      T acc[JB] = {0};
+    int64_t j0 = 0;
+    for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {
+      V<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int64_t c = 0; c < G; ++c) {
-        // sign = +1: rows i + [lo, hi]; sign = -1: rows i - [lo, hi] (the transposed box)
-        const int64_t a0 = sign > 0 ? i + lo[c] : i - hi[c], a1 = sign > 0 ? i + hi[c] : i - lo[c];
-        const int64_t r0 = std::max<int64_t>(0, a0), r1 = std::min<int64_t>(H - 1, a1);
+        const int64_t e0 = sign > 0 ? i + lo[c] : i - hi[c], e1 = sign > 0 ? i + hi[c] : i - lo[c];
+        const int64_t r0 = std::max<int64_t>(0, e0), r1 = std::min<int64_t>(H - 1, e1);
         const T* s = src + c * H * Wp + j0;
         for (int64_t r = r0; r <= r1; ++r) {
-#pragma omp simd
-          for (int jj = 0; jj < JB; ++jj) acc[jj] += s[r * Wp + jj];
+          a0 += vload(s + r * Wp);
+          a1 += vload(s + r * Wp + VN);
+          a2 += vload(s + r * Wp + 2 * VN);
+          a3 += vload(s + r * Wp + 3 * VN);
         }
       }
-      std::memcpy(dst + i * Wp + j0, acc, sizeof(acc));
+      vstore(dst + i * Wp + j0, a0);
+      vstore(dst + i * Wp + j0 + VN, a1);
+      vstore(dst + i * Wp + j0 + 2 * VN, a2);
+      vstore(dst + i * Wp + j0 + 3 * VN, a3);
+    }
+    for (; j0 < Wp; j0 += VN) {
+      V<T> a0 = {};
+      for (int64_t c = 0; c < G; ++c) {
+        const int64_t e0 = sign > 0 ? i + lo[c] : i - hi[c], e1 = sign > 0 ? i + hi[c] : i - lo[c];
+        const int64_t r0 = std::max<int64_t>(0, e0), r1 = std::min<int64_t>(H - 1, e1);
+        for (int64_t r = r0; r <= r1; ++r) a0 += vload(src + c * H * Wp + r * Wp + j0);
+      }
+      vstore(dst + i * Wp + j0, a0);
     }
   }
 }
 
-// out[a, b] += sum_t V[a, t] R[b, t] over L (multiple of kBlock) elements, float lanes flushed to double.
 template <typename T>
-void gram(const T* V, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* out) {
-  constexpr int JB = kBlock<T>;
-  constexpr int64_t kFlush = 16;  // chunks summed in T before flushing to double
-  auto flush = [&](const T* acc, int64_t idx) {
-    double s = 0;
-    for (int jj = 0; jj < JB; ++jj) s += acc[jj];
-    out[idx] += s;
-  };
-  int64_t a = 0;
-  for (; a < Ga; a += 4) {
+inline double hsum(V<T> v) {
+  double s = 0;
+  for (int k = 0; k < kVN<T>; ++k) s += v[k];
+  return s;
+}
+
+// out[a, b] += sum_t V[a, t] R[b, t] over L (multiple of the vector width) elements: 4 rows of V x 1 row of R in
+// registers, partial sums flushed to double every kFlush vectors.
+template <typename T>
+void gram(const T* Vm, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* out) {
+  constexpr int VN = kVN<T>;
+  constexpr int64_t kFlush = 32;
+  for (int64_t a = 0; a < Ga; a += 4) {
     const int64_t na = std::min<int64_t>(4, Ga - a);
+    const T* v0 = Vm + a * L;
+    const T* v1 = Vm + std::min<int64_t>(a + 1, Ga - 1) * L;  // duplicates for a short last block, not stored
+    const T* v2 = Vm + std::min<int64_t>(a + 2, Ga - 1) * L;
+    const T* v3 = Vm + std::min<int64_t>(a + 3, Ga - 1) * L;
     for (int64_t b = 0; b < Gb; ++b) {
       const T* r = R + b * L;
-      T acc[4][JB] = {};
-      int64_t n = 0;
-      for (int64_t t0 = 0; t0 < L; t0 += JB) {
-        for (int64_t k = 0; k < na; ++k) {
-          const T* v = V + (a + k) * L + t0;
-#pragma omp simd
-          for (int jj = 0; jj < JB; ++jj) acc[k][jj] += v[jj] * r[t0 + jj];
+      double s[4] = {0, 0, 0, 0};
+      for (int64_t t0 = 0; t0 < L; t0 += kFlush * VN) {
+        const int64_t t1 = std::min<int64_t>(L, t0 + kFlush * VN);
+        V<T> c0 = {}, c1 = {}, c2 = {}, c3 = {};
+        for (int64_t t = t0; t < t1; t += VN) {
+          const V<T> rv = vload(r + t);
+          c0 += vload(v0 + t) * rv;
+          c1 += vload(v1 + t) * rv;
+          c2 += vload(v2 + t) * rv;
+          c3 += vload(v3 + t) * rv;
         }
-        if (++n == kFlush || t0 + JB >= L) {
-          for (int64_t k = 0; k < na; ++k) {
-            flush(acc[k], (a + k) * Gb + b);
-            std::fill(acc[k], acc[k] + JB, T(0));
-          }
-          n = 0;
-        }
+        s[0] += hsum<T>(c0);
+        s[1] += hsum<T>(c1);
+        s[2] += hsum<T>(c2);
+        s[3] += hsum<T>(c3);
       }
+      for (int64_t k = 0; k < na; ++k) out[(a + k) * Gb + b] += s[k];
     }
   }
 }
@@ -177,7 +236,7 @@ struct PlaneBuffers {
 template <typename T>
 void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H, int64_t W, const Cells& ch,
                   const Cells& cw) {
-  const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kBlock<T>);
+  const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, Gb, Ga);
@@ -195,7 +254,7 @@ void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H,
 template <typename T>
 void grad_weight_impl(const T* x, const T* gy, double* gw_planes, int64_t N, int64_t C, int64_t H, int64_t W,
                       const Cells& ch, const Cells& cw) {
-  const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kBlock<T>);
+  const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, Gb, Ga);
