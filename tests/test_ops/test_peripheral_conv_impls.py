@@ -291,3 +291,28 @@ def test_torch_compile_inductor_default_impl(monkeypatch):
     compiled = torch.compile(lambda x, w: peripheral_conv2d(x, w, grid) + 1)
     with torch.no_grad():
         assert rel_err(compiled(x, wt) - 1, ref_conv(x.double(), wt.double(), grid)) < 1e-5
+
+
+def test_cpp_build_failure_is_reported(monkeypatch):
+    monkeypatch.setenv('PELK_MM_NO_CPP_EXT', '1')
+    module, reason = _impl_cpp._build()
+    assert module is None and 'PELK_MM_NO_CPP_EXT' in reason
+    monkeypatch.delenv('PELK_MM_NO_CPP_EXT')
+    monkeypatch.setenv('CXX', 'no-such-compiler-xyz')
+    module, reason = _impl_cpp._build()
+    assert module is None and 'no-such-compiler-xyz' in reason
+
+
+def test_benchmark_quick_smoke(tmp_path):
+    """``benchmarks/bench_peripheral_conv.py --quick`` on one tiny shape writes a JSON table."""
+    import json
+    path = os.path.join(os.path.dirname(__file__), '..', '..', 'benchmarks', 'bench_peripheral_conv.py')
+    spec = importlib.util.spec_from_file_location('bench_peripheral_conv', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'pc.json'
+    rows = bench.main(['--quick', '--out', str(out), '--layouts', 'NCHW', '--impls', 'auto', 'box', 'dense'])
+    data = json.loads(out.read_text())
+    assert {r['impl'] for r in rows} == {'dw7', 'auto', 'box', 'dense'}
+    assert all(r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0 for r in data['rows'])
+    assert '| N,C,HxW,K' in data['table']

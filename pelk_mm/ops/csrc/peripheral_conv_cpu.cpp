@@ -61,35 +61,57 @@ Cells make_cells(const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// dst[b, h, j] = sum_{v = lo_b}^{hi_b} src[h, j + v] (zero outside [0, W)); dst rows are Wp long, tail zeroed.
+// Doubling ("sparse table") box sums along a padded row: lvl[k][j] = sum_{v < 2^k} row[j + v]. A cell of width s
+// starting at offset lo is the sum of popcount(s) shifted levels, so a whole grid costs ~log2(max s) + sum popcount
+// adds per pixel instead of K. Only short exact sums (no prefix differences), so rounding is like direct summation.
 template <typename T>
-void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, T* xrow, int64_t pl, T* dst) {
+struct RowLevels {
+  int64_t nlev = 1, len = 0;
+  T* data = nullptr;  // nlev rows of len; row 0 is the padded input row
+  T* level(int64_t k) const { return data + k * len; }
+};
+
+template <typename T>
+void build_levels(RowLevels<T>& lv, int64_t valid) {
+  constexpr int VN = kVN<T>;
+  for (int64_t k = 1; k < lv.nlev; ++k) {
+    const int64_t shift = int64_t(1) << (k - 1);
+    const T* prev = lv.level(k - 1);
+    T* cur = lv.level(k);
+    const int64_t n = valid - (int64_t(1) << k) + 1;  // positions whose window stays inside the row
+    int64_t j = 0;
+    for (; j + VN <= n; j += VN) vstore(cur + j, vload(prev + j) + vload(prev + j + shift));
+    for (; j < n; ++j) cur[j] = prev[j] + prev[j + shift];
+  }
+}
+
+// dst[b, h, j] = sum_{v = lo_b}^{hi_b} src[h, j + v] (zero outside [0, W)); dst rows are Wp long, tail zeroed.
+// lv.level(0) must hold pl zeros, then the row, then zeros; the caller sizes it (see PlaneBuffers).
+template <typename T>
+void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, RowLevels<T>& lv, int64_t pl,
+             T* dst) {
   constexpr int VN = kVN<T>;
   const int64_t G = cw.size();
   for (int64_t h = 0; h < H; ++h) {
-    std::memcpy(xrow + pl, src + h * W, sizeof(T) * W);
+    std::memcpy(lv.level(0) + pl, src + h * W, sizeof(T) * W);
+    build_levels(lv, lv.len);
     for (int64_t b = 0; b < G; ++b) {
       T* out = dst + (b * H + h) * Wp;
-      const T* base = xrow + pl;
-      int64_t j0 = 0;
-      for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {  // four independent accumulator chains
-        V<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        for (int64_t v = cw.lo[b]; v <= cw.hi[b]; ++v) {
-          const T* s = base + j0 + v;
-          a0 += vload(s);
-          a1 += vload(s + VN);
-          a2 += vload(s + 2 * VN);
-          a3 += vload(s + 3 * VN);
+      // terms (level, offset) of this cell, largest level first
+      int64_t lev[64], off[64], nt = 0, o = cw.lo[b];
+      const int64_t width = cw.hi[b] - cw.lo[b] + 1;
+      for (int64_t k = lv.nlev - 1; k >= 0; --k) {
+        const int64_t step = int64_t(1) << k;
+        for (int64_t left = width - (o - cw.lo[b]); left >= step; left -= step) {
+          lev[nt] = k;
+          off[nt++] = pl + o;
+          o += step;
         }
-        vstore(out + j0, a0);
-        vstore(out + j0 + VN, a1);
-        vstore(out + j0 + 2 * VN, a2);
-        vstore(out + j0 + 3 * VN, a3);
       }
-      for (; j0 < Wp; j0 += VN) {
-        V<T> a0 = {};
-        for (int64_t v = cw.lo[b]; v <= cw.hi[b]; ++v) a0 += vload(base + j0 + v);
-        vstore(out + j0, a0);
+      for (int64_t j0 = 0; j0 < Wp; j0 += VN) {
+        V<T> acc = {};
+        for (int64_t t = 0; t < nt; ++t) acc += vload(lv.level(lev[t]) + off[t] + j0);
+        vstore(out + j0, acc);
       }
       std::fill(out + W, out + Wp, T(0));
     }
@@ -222,12 +244,18 @@ void gram(const T* Vm, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* ou
 template <typename T>
 struct PlaneBuffers {
   at::Tensor storage;
-  T *xrow, *R, *Tm, *acc;
-  PlaneBuffers(int64_t H, int64_t Wp, int64_t pl, int64_t pr, int64_t Gb, int64_t Ga) {
-    const int64_t nrow = pl + Wp + pr, nR = Gb * H * Wp, nT = Ga * H * Wp, nacc = H * Wp;
-    storage = at::zeros({nrow + nR + nT + nacc}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-    xrow = storage.data_ptr<T>();
-    R = xrow + nrow;
+  RowLevels<T> lv;
+  T *R, *Tm, *acc;
+  PlaneBuffers(int64_t H, int64_t Wp, int64_t pl, int64_t pr, const Cells& cw, int64_t Ga) {
+    int64_t maxw = 1;
+    for (int64_t b = 0; b < cw.size(); ++b) maxw = std::max<int64_t>(maxw, cw.hi[b] - cw.lo[b] + 1);
+    while ((int64_t(1) << lv.nlev) <= maxw) ++lv.nlev;  // levels 2^0 .. 2^(nlev-1) <= max width
+    lv.len = round_up(pl + Wp + pr, kVN<T>);
+    const int64_t Gb = cw.size(), nR = Gb * H * Wp, nT = Ga * H * Wp, nacc = H * Wp;
+    storage = at::zeros({lv.nlev * lv.len + nR + nT + nacc},
+                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    lv.data = storage.data_ptr<T>();
+    R = lv.data + lv.nlev * lv.len;
     Tm = R + nR;
     acc = Tm + nT;
   }
@@ -239,10 +267,10 @@ void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H,
   const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-    PlaneBuffers<T> buf(H, Wp, pl, pr, Gb, Ga);
+    PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
-      row_box(x + p * H * W, H, W, Wp, cw, buf.xrow, pl, buf.R);
+      row_box(x + p * H * W, H, W, Wp, cw, buf.lv, pl, buf.R);
       contract(w + c * Ga * Gb, Ga, Gb, buf.R, H * Wp, buf.Tm);
       col_box(buf.Tm, H, Wp, ch.lo.data(), ch.hi.data(), Ga, 1, buf.acc);
       T* out = y + p * H * W;
@@ -257,9 +285,9 @@ void grad_weight_impl(const T* x, const T* gy, double* gw_planes, int64_t N, int
   const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-    PlaneBuffers<T> buf(H, Wp, pl, pr, Gb, Ga);
+    PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
     for (int64_t p = begin; p < end; ++p) {
-      row_box(x + p * H * W, H, W, Wp, cw, buf.xrow, pl, buf.R);
+      row_box(x + p * H * W, H, W, Wp, cw, buf.lv, pl, buf.R);
       // gy rows padded to Wp with zeros, then V[a, r, :] = sum_{u in cell a} gy[r - u, :]
       const T* g = gy + p * H * W;
       for (int64_t i = 0; i < H; ++i) {
