@@ -113,6 +113,8 @@ class PeLK(BaseModule):
         base (int): Peripheral grid growth base. Defaults to 2.
         half_grids (list, optional): Per-stage explicit half grids (ablations); ``None`` entries use Eq. 2.
         conv_ratio (float): Fraction of channels that go through the peripheral conv. Defaults to 3/8.
+        conv_type (str): Large-kernel form: ``'peripheral'`` (PeLK), ``'dense'`` (plain K x K) or other
+            registered forms in ``pelk_mm.models.layers.CONV_TYPES``. Defaults to ``'peripheral'``.
         small_kernel (int, optional): Parallel small depthwise conv + BN (re-param branch). Defaults to 5.
         kpe_mode (str, optional): Kernel-wise positional embedding: ``'input'`` (Eq. 3), ``'bias'``,
             ``'weight'`` or ``None``. One embedding per stage, shared by its blocks. Defaults to ``'input'``.
@@ -154,6 +156,7 @@ class PeLK(BaseModule):
                  base: int = 2,
                  half_grids: Optional[Sequence] = None,
                  conv_ratio: float = 3 / 8,
+                 conv_type: str = 'peripheral',
                  small_kernel: Optional[int] = 5,
                  kpe_mode: Optional[str] = 'input',
                  kpe_std: float = 0.02,
@@ -207,7 +210,7 @@ class PeLK(BaseModule):
                 self.downsample_layers.append(nn.Sequential(
                     LayerNorm2d(self.channels[i - 1]),
                     nn.Conv2d(self.channels[i - 1], channels, kernel_size=2, stride=2)))
-            mixer = dict(conv_ratio=conv_ratio, center_size=self.center_sizes[i], base=base,
+            mixer = dict(conv_ratio=conv_ratio, conv_type=conv_type, center_size=self.center_sizes[i], base=base,
                          half_grid=half_grids[i], small_kernel=small_kernel, kpe_mode=kpe_mode,
                          norm_cfg=copy.deepcopy(conv_norm_cfg), conv_impl=conv_impl)
             blocks = [

@@ -198,6 +198,19 @@ class PeripheralConv2d(BaseModule):
         self.deployed = True
 
 
+class DenseLargeKernelConv2d(PeripheralConv2d):
+    """Plain dense ``K x K`` depthwise kernel (RepLKNet/"dense" in the paper's dense-vs-stripe study): the same
+    module with an all-unshared grid, so BN, the small-kernel branch, KPE and deploy behave identically."""
+
+    def __init__(self, channels: int, kernel_size: int, center_size: int = 5, base: int = 2,
+                 half_grid: Optional[Sequence[int]] = None, **kwargs):
+        super().__init__(channels, kernel_size, center_size=kernel_size, base=base, half_grid=None, **kwargs)
+
+
+#: Large-kernel conv forms selectable with ``conv_type`` (PeLK's dense-vs-stripe study); other modules add theirs.
+CONV_TYPES = {'peripheral': PeripheralConv2d, 'dense': DenseLargeKernelConv2d}
+
+
 class PartialPeripheralConv(BaseModule):
     """Partial peripheral convolution (PeLK Eq. 4-6): the first ``int(conv_ratio * C)`` channels go through a
     :class:`PeripheralConv2d`, the rest pass unchanged (identity), then the two parts are concatenated.
@@ -205,14 +218,19 @@ class PartialPeripheralConv(BaseModule):
     Args:
         channels (int): Channels ``C`` of the input and output.
         conv_ratio (float): Fraction of channels convolved, in ``(0, 1]``. Defaults to 3/8.
-        **conv_kwargs: Passed to :class:`PeripheralConv2d`.
+        conv_type (str): Large-kernel form, a key of :data:`CONV_TYPES`: ``'peripheral'`` (default) or
+            ``'dense'`` (and ``'stripe'`` when registered).
+        **conv_kwargs: Passed to the conv class.
 
     Shapes:
         x: ``(N, C, H, W)`` -> ``(N, C, H, W)``; ``kpe``: ``(int(conv_ratio * C), K, K)``.
     """
 
-    def __init__(self, channels: int, conv_ratio: float = 3 / 8, init_cfg=None, **conv_kwargs):
+    def __init__(self, channels: int, conv_ratio: float = 3 / 8, conv_type: str = 'peripheral', init_cfg=None,
+                 **conv_kwargs):
         super().__init__(init_cfg=init_cfg)
+        if conv_type not in CONV_TYPES:
+            raise ValueError(f'conv_type must be one of {sorted(CONV_TYPES)}, got conv_type={conv_type!r}')
         if isinstance(conv_ratio, bool) or not isinstance(conv_ratio, (int, float)) \
                 or not 0 < conv_ratio <= 1:
             raise ValueError(f'conv_ratio must be a number in (0, 1] (fraction of channels that go through the '
@@ -223,7 +241,8 @@ class PartialPeripheralConv(BaseModule):
                              f'raise conv_ratio to at least {1 / channels:.4f}')
         self.channels = channels
         self.conv_channels = conv_channels
-        self.conv = PeripheralConv2d(conv_channels, **conv_kwargs)
+        self.conv_type = conv_type
+        self.conv = CONV_TYPES[conv_type](conv_channels, **conv_kwargs)
 
     def forward(self, x: torch.Tensor, kpe: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.conv_channels == self.channels:
@@ -235,4 +254,4 @@ class PartialPeripheralConv(BaseModule):
         self.conv.switch_to_deploy(kpe)
 
     def extra_repr(self) -> str:
-        return f'channels={self.channels}, conv_channels={self.conv_channels}'
+        return f'channels={self.channels}, conv_channels={self.conv_channels}, conv_type={self.conv_type!r}'

@@ -1,0 +1,4 @@
+# PeLK-B on ImageNet-1K: depths 3-3-27-3, widths 166-332-665-1331, drop path 0.5.
+_base_ = './pelk_t_in1k.py'
+
+model = dict(backbone=dict(arch='base', drop_path_rate=0.5), head=dict(in_channels=1331))
