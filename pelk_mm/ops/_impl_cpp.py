@@ -71,7 +71,9 @@ def _build():
                       extra_ldflags=['-fopenmp'], verbose=False)
         return module, None
     except Exception as err:  # noqa: BLE001 - any build/load failure means "fall back"
-        return None, f'build failed: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err) else ""}'
+        lines = str(err).strip().splitlines() or ['']
+        detail = next((line for line in lines if 'error' in line.lower()), lines[-1])
+        return None, f'build failed ({type(err).__name__}): {detail.strip()[:400]}; build dir {build_dir()}'
 
 
 # ----------------------------------------------------------------------------------------------------------- op

@@ -85,43 +85,46 @@ void build_levels(RowLevels<T>& lv, int64_t valid) {
   }
 }
 
-// dst[b, h, j] = sum_{v = lo_b}^{hi_b} src[h, j + v] (zero outside [0, W)); dst rows are Wp long, tail zeroed.
-// lv.level(0) must hold pl zeros, then the row, then zeros; the caller sizes it (see PlaneBuffers).
+// One row: dst[b * S + j] = sum_{v = lo_b}^{hi_b} row[j + v] (zero outside [0, W)) for j < Wp, tail zeroed;
+// S = stride between cells. lv.level(0) holds pl zeros, then the row slot, then zeros (sized by PlaneBuffers).
 template <typename T>
-void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, RowLevels<T>& lv, int64_t pl,
-             T* dst) {
+void row_box_row(const T* row, int64_t W, int64_t Wp, const Cells& cw, RowLevels<T>& lv, int64_t pl, T* dst,
+                 int64_t S) {
   constexpr int VN = kVN<T>;
-  const int64_t G = cw.size();
-  for (int64_t h = 0; h < H; ++h) {
-    std::memcpy(lv.level(0) + pl, src + h * W, sizeof(T) * W);
-    build_levels(lv, lv.len);
-    for (int64_t b = 0; b < G; ++b) {
-      T* out = dst + (b * H + h) * Wp;
-      // terms (level, offset) of this cell, largest level first
-      int64_t lev[64], off[64], nt = 0, o = cw.lo[b];
-      const int64_t width = cw.hi[b] - cw.lo[b] + 1;
-      for (int64_t k = lv.nlev - 1; k >= 0; --k) {
-        const int64_t step = int64_t(1) << k;
-        for (int64_t left = width - (o - cw.lo[b]); left >= step; left -= step) {
-          lev[nt] = k;
-          off[nt++] = pl + o;
-          o += step;
-        }
+  std::memcpy(lv.level(0) + pl, row, sizeof(T) * W);
+  build_levels(lv, lv.len);
+  for (int64_t b = 0; b < cw.size(); ++b) {
+    T* out = dst + b * S;
+    int64_t lev[64], off[64], nt = 0, o = cw.lo[b];  // terms (level, offset), largest level first
+    const int64_t width = cw.hi[b] - cw.lo[b] + 1;
+    for (int64_t k = lv.nlev - 1; k >= 0; --k) {
+      const int64_t step = int64_t(1) << k;
+      for (int64_t left = width - (o - cw.lo[b]); left >= step; left -= step) {
+        lev[nt] = k;
+        off[nt++] = pl + o;
+        o += step;
       }
-      for (int64_t j0 = 0; j0 < Wp; j0 += VN) {
-        V<T> acc = {};
-        for (int64_t t = 0; t < nt; ++t) acc += vload(lv.level(lev[t]) + off[t] + j0);
-        vstore(out + j0, acc);
-      }
-      std::fill(out + W, out + Wp, T(0));
     }
+    for (int64_t j0 = 0; j0 < Wp; j0 += VN) {
+      V<T> acc = {};
+      for (int64_t t = 0; t < nt; ++t) acc += vload(lv.level(lev[t]) + off[t] + j0);
+      vstore(out + j0, acc);
+    }
+    std::fill(out + W, out + Wp, T(0));
   }
 }
 
-// dst[a, :] = sum_b w[a, b] src[b, :] over L (a multiple of the vector width) elements; 4 rows x 2 vectors in
-// registers per step.
+// Whole plane: dst[b, h, :] = row box sums of src[h, :] (layout [cell][row][Wp]).
 template <typename T>
-void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, T* dst) {
+void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, RowLevels<T>& lv, int64_t pl,
+             T* dst) {
+  for (int64_t h = 0; h < H; ++h) row_box_row(src + h * W, W, Wp, cw, lv, pl, dst + h * Wp, H * Wp);
+}
+
+// dst[a * D + t] = sum_b w[a, b] src[b * S + t] for t < L (a multiple of the vector width); S, D = strides between
+// cells; 4 rows x 2 vectors in registers per step.
+template <typename T>
+void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, int64_t S, T* dst, int64_t D) {
   constexpr int VN = kVN<T>;
   int64_t t0 = 0;
   for (; t0 + 2 * VN <= L; t0 += 2 * VN) {
@@ -130,32 +133,32 @@ void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, T* ds
       V<T> c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
       const T *w0 = w + a * Gb, *w1 = w0 + Gb, *w2 = w1 + Gb, *w3 = w2 + Gb;
       for (int64_t b = 0; b < Gb; ++b) {
-        const V<T> r0 = vload(src + b * L + t0), r1 = vload(src + b * L + t0 + VN);
+        const V<T> r0 = vload(src + b * S + t0), r1 = vload(src + b * S + t0 + VN);
         c00 += w0[b] * r0; c01 += w0[b] * r1;
         c10 += w1[b] * r0; c11 += w1[b] * r1;
         c20 += w2[b] * r0; c21 += w2[b] * r1;
         c30 += w3[b] * r0; c31 += w3[b] * r1;
       }
-      vstore(dst + a * L + t0, c00); vstore(dst + a * L + t0 + VN, c01);
-      vstore(dst + (a + 1) * L + t0, c10); vstore(dst + (a + 1) * L + t0 + VN, c11);
-      vstore(dst + (a + 2) * L + t0, c20); vstore(dst + (a + 2) * L + t0 + VN, c21);
-      vstore(dst + (a + 3) * L + t0, c30); vstore(dst + (a + 3) * L + t0 + VN, c31);
+      vstore(dst + a * D + t0, c00); vstore(dst + a * D + t0 + VN, c01);
+      vstore(dst + (a + 1) * D + t0, c10); vstore(dst + (a + 1) * D + t0 + VN, c11);
+      vstore(dst + (a + 2) * D + t0, c20); vstore(dst + (a + 2) * D + t0 + VN, c21);
+      vstore(dst + (a + 3) * D + t0, c30); vstore(dst + (a + 3) * D + t0 + VN, c31);
     }
     for (; a < Ga; ++a) {
       V<T> c0 = {}, c1 = {};
       for (int64_t b = 0; b < Gb; ++b) {
-        c0 += w[a * Gb + b] * vload(src + b * L + t0);
-        c1 += w[a * Gb + b] * vload(src + b * L + t0 + VN);
+        c0 += w[a * Gb + b] * vload(src + b * S + t0);
+        c1 += w[a * Gb + b] * vload(src + b * S + t0 + VN);
       }
-      vstore(dst + a * L + t0, c0);
-      vstore(dst + a * L + t0 + VN, c1);
+      vstore(dst + a * D + t0, c0);
+      vstore(dst + a * D + t0 + VN, c1);
     }
   }
   for (; t0 < L; t0 += VN) {
     for (int64_t a = 0; a < Ga; ++a) {
       V<T> c0 = {};
-      for (int64_t b = 0; b < Gb; ++b) c0 += w[a * Gb + b] * vload(src + b * L + t0);
-      vstore(dst + a * L + t0, c0);
+      for (int64_t b = 0; b < Gb; ++b) c0 += w[a * Gb + b] * vload(src + b * S + t0);
+      vstore(dst + a * D + t0, c0);
     }
   }
 }
@@ -270,8 +273,10 @@ void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H,
     PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
-      row_box(x + p * H * W, H, W, Wp, cw, buf.lv, pl, buf.R);
-      contract(w + c * Ga * Gb, Ga, Gb, buf.R, H * Wp, buf.Tm);
+      for (int64_t h = 0; h < H; ++h) {  // row by row: the row's box sums (k' x Wp) stay in L1
+        row_box_row(x + (p * H + h) * W, W, Wp, cw, buf.lv, pl, buf.R, Wp);
+        contract(w + c * Ga * Gb, Ga, Gb, buf.R, Wp, Wp, buf.Tm + h * Wp, H * Wp);
+      }
       col_box(buf.Tm, H, Wp, ch.lo.data(), ch.hi.data(), Ga, 1, buf.acc);
       T* out = y + p * H * W;
       for (int64_t i = 0; i < H; ++i) std::memcpy(out + i * W, buf.acc + i * Wp, sizeof(T) * W);
