@@ -6,13 +6,15 @@ depthwise ``F.conv2d`` in the same layout - all measured in one run.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the live bytes before the call; on CPU the peak of the
 running sum of allocations/frees that ``torch.profiler`` (``profile_memory=True``) records for the call (each op's
-self allocations minus frees, in op start order, so op-granular), i.e. bytes obtained through torch's CPU allocator (the C++ extension allocates its scratch through it too). Inputs and weights
-that exist before the call are not counted.
+self allocations minus frees, in op start order, so op-granular), i.e. bytes obtained through torch's CPU
+allocator. Transient scratch allocated and freed inside one op (the C++ kernel's per-thread buffers, about
+``(nlev + 2 k' + 1) * H * W_pad * 4`` bytes per thread, < 1 MB at PeLK shapes) is not visible at that granularity.
+Inputs and weights that exist before the call are not counted.
 
 Usage::
 
-    python benchmarks/bench_peripheral_conv.py                # full table, writes work_dirs/benchmarks/peripheral_conv.json
-    python benchmarks/bench_peripheral_conv.py --quick        # smoke run on one tiny shape
+    python benchmarks/bench_peripheral_conv.py           # full table -> work_dirs/benchmarks/peripheral_conv.json
+    python benchmarks/bench_peripheral_conv.py --quick   # smoke run on one tiny shape
     python benchmarks/bench_peripheral_conv.py --out my.json --threads 2 --skip-dense
 """
 from __future__ import annotations
@@ -187,7 +189,8 @@ def markdown_table(rows: List[Dict]) -> str:
             f"| {r['N']},{r['C']},{r['H']}x{r['W']},{r['K']} ({r['G']}) | {r['layout']} | {name} | "
             f"{r['fwd_ms']:.3g} | {r['fwd_bwd_ms']:.3g} | {r['fwd_peak_mb']:.1f} / {r['fwd_bwd_peak_mb']:.1f} | "
             f"{_fmt(r['speedup_vs_dense_nchw_fwd'], '.1f')} / {_fmt(r['speedup_vs_dense_nchw_fwd_bwd'], '.1f')} | "
-            f"{_fmt(r['ratio_to_dw7_same_layout_fwd'], '.2f')} / {_fmt(r['ratio_to_dw7_same_layout_fwd_bwd'], '.2f')} |")
+            f"{_fmt(r['ratio_to_dw7_same_layout_fwd'], '.2f')} / "
+            f"{_fmt(r['ratio_to_dw7_same_layout_fwd_bwd'], '.2f')} |")
     return '\n'.join(lines)
 
 

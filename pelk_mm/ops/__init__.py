@@ -4,6 +4,7 @@ from .sharing_grid import (expand_kernel, full_grid_from_half, grid_bounds, grid
                            peripheral_half_grid)
 
 __all__ = [
-    'autotune_cache', 'available_impls', 'clear_autotune_cache', 'set_autotune', 'dense_peripheral_conv2d', 'peripheral_conv2d', 'register_impl', 'resolve_impl',
-    'expand_kernel', 'full_grid_from_half', 'grid_bounds', 'grid_index', 'peripheral_grid', 'peripheral_half_grid'
+    'available_impls', 'dense_peripheral_conv2d', 'peripheral_conv2d', 'register_impl', 'resolve_impl',
+    'autotune_cache', 'clear_autotune_cache', 'set_autotune', 'expand_kernel', 'full_grid_from_half', 'grid_bounds',
+    'grid_index', 'peripheral_grid', 'peripheral_half_grid'
 ]

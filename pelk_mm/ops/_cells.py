@@ -12,7 +12,7 @@ from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 
-from .sharing_grid import expand_kernel, grid_bounds
+from .sharing_grid import grid_bounds
 
 
 class AxisCells(NamedTuple):
@@ -25,10 +25,6 @@ class AxisCells(NamedTuple):
     def radius(self) -> int:
         """Largest ``|offset|`` of the cropped kernel (the "same" padding it needs)."""
         return max(-self.lo[0], self.hi[-1])
-
-    def flipped(self) -> 'AxisCells':
-        """Cells of the mirrored kernel (``o -> -o``), in increasing order; ``first`` is meaningless here."""
-        return AxisCells(tuple(-h for h in reversed(self.hi)), tuple(-lo for lo in reversed(self.lo)), -1)
 
 
 def axis_cells(grid: Sequence[int], size: int) -> AxisCells:

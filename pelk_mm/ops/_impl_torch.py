@@ -57,7 +57,10 @@ def fft_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[
 
 # ------------------------------------------------------------------------------------------------ box
 def band_right(size: int, cells: AxisCells, device, dtype) -> torch.Tensor:
-    """``B[j', g * size + j] = 1`` iff ``lo_g <= j' - j <= hi_g``: ``x @ B`` gives per-cell box sums, ``(size, G*size)``."""
+    """``(size, G * size)`` band matrix, ``B[j', g * size + j] = 1`` iff ``lo_g <= j' - j <= hi_g``.
+
+    ``x @ B`` gives the per-cell box sums along the last axis.
+    """
     pos = torch.arange(size, device=device)
     diff = (pos[:, None] - pos[None, :])[:, None, :]  # (j', 1, j)
     lo = torch.tensor(cells.lo, device=device)[None, :, None]
@@ -66,7 +69,10 @@ def band_right(size: int, cells: AxisCells, device, dtype) -> torch.Tensor:
 
 
 def band_left(size: int, cells: AxisCells, device, dtype) -> torch.Tensor:
-    """``B[i, r * G + g] = 1`` iff ``lo_g <= r - i <= hi_g``: ``B @ T`` sums cell ``g`` of ``T (r, g, :)``, ``(size, size*G)``."""
+    """``(size, size * G)`` band matrix, ``B[i, r * G + g] = 1`` iff ``lo_g <= r - i <= hi_g``.
+
+    ``B @ T`` sums, for every cell ``g``, the rows ``i + lo_g .. i + hi_g`` of ``T (r, g, :)``.
+    """
     pos = torch.arange(size, device=device)
     diff = (pos[None, :] - pos[:, None])[:, :, None]  # (i, r, 1)
     lo = torch.tensor(cells.lo, device=device)[None, None, :]

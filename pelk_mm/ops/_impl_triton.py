@@ -135,6 +135,11 @@ def _(x, w, lo_h, hi_h, lo_w, hi_w):
     return x.new_empty(x.shape)
 
 
+def _mirror(lo: List[int], hi: List[int]):
+    """Cells of the mirrored kernel (offset ``o -> -o``), as ``(lo, hi)`` lists in increasing order."""
+    return [-h for h in reversed(hi)], [-v for v in reversed(lo)]
+
+
 def _setup_context(ctx, inputs, output):
     x, w, lo_h, hi_h, lo_w, hi_w = inputs
     ctx.save_for_backward(x, w)
@@ -147,8 +152,7 @@ def _backward(ctx, gy):
     gy = gy.contiguous()
     gx = gw = None
     if ctx.needs_input_grad[0]:
-        gx = periconv_triton(gy, w.flip(-2, -1).contiguous(), [-h for h in reversed(hi_h)],
-                             [-lo for lo in reversed(lo_h)], [-h for h in reversed(hi_w)], [-lo for lo in reversed(lo_w)])
+        gx = periconv_triton(gy, w.flip(-2, -1).contiguous(), *_mirror(lo_h, hi_h), *_mirror(lo_w, hi_w))
     if ctx.needs_input_grad[1]:
         gw = grad_weight_torch(x, gy, lo_h, hi_h, lo_w, hi_w).to(w.dtype)
     return gx, gw, None, None, None, None
