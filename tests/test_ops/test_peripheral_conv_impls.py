@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pelk_mm.ops import (autotune_cache, available_impls, clear_autotune_cache, peripheral_conv2d, peripheral_grid,
                          resolve_impl, set_autotune)
-from pelk_mm.ops import _impl_cpp, _impl_triton, peripheral_conv as pc
+from pelk_mm.ops import _impl_cpp, peripheral_conv as pc
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 CPU_IMPLS = ['cpp', 'box', 'fft', 'dense_cl', 'dense']
