@@ -78,6 +78,8 @@ def make(n, c, h, w, grid, dtype=torch.float64, seed=0):
 _rng = random.Random(1234)
 GRID_CASES = [
     # (N, C, H, W, grid): odd/even sizes, batch 1, maps smaller than the kernel, K from 3 to 101
+    (1, 2, 5, 4, peripheral_grid(1, 1)),  # K = 1
+    (1, 2, 1, 9, peripheral_grid(13)),  # a single row
     (1, 3, 7, 7, peripheral_grid(3, 3)),
     (2, 2, 8, 11, peripheral_grid(5, 3)),
     (1, 4, 7, 7, peripheral_grid(13)),
