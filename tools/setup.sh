@@ -118,8 +118,10 @@ run check "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmengine, mmpretrain, mmseg, mmdet, torch, torchvision  # noqa: F401
 from mmcv.ops import nms, RoIAlign  # noqa: F401  (compiled ops)
 import pelk_mm
+from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS
-assert MODELS.get('PeLK') is not None
+with DefaultScope.overwrite_default_scope('mmpretrain'):
+    assert MODELS.get('pelk_mm.PeLK') is not None, 'pelk_mm.PeLK is not reachable from the mmpretrain scope'
 print('torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmpretrain', mmpretrain.__version__,
       'mmseg', mmseg.__version__, 'mmdet', mmdet.__version__, 'pelk_mm', pelk_mm.__version__)
 PY
