@@ -72,10 +72,10 @@ def _paths_of(dataset_cfg, key: str) -> List[Tuple[str, str]]:
     backend_args = dataset_cfg.get('backend_args', None)
     root = dataset_cfg.get('data_root', '') or ''
     out: List[Tuple[str, str]] = []
-    if root and not _is_remote(root, backend_args):
+    if root:
         out.append((f'{key}.data_root', root))
     ann_file = dataset_cfg.get('ann_file', '') or ''
-    if isinstance(ann_file, str) and ann_file and not _is_remote(ann_file, backend_args):
+    if isinstance(ann_file, str) and ann_file:
         out.append((f'{key}.ann_file', _join(root, ann_file)))
     prefix = dataset_cfg.get('data_prefix', None)
     type_name = _type_name(dataset_cfg)
@@ -87,9 +87,10 @@ def _paths_of(dataset_cfg, key: str) -> List[Tuple[str, str]]:
         out.append((f'{key}.data_prefix', _join(root, prefix)))
     elif hasattr(prefix, 'items'):
         for name, value in prefix.items():
-            if isinstance(value, str) and value and not _is_remote(value, backend_args):
+            if isinstance(value, str) and value:
                 out.append((f'{key}.data_prefix.{name}', _join(root, value)))
-    return out
+    # a relative ann_file/prefix under a remote data_root is remote as well
+    return [(k, p) for k, p in out if not _is_remote(p, backend_args)]
 
 
 def find_missing_data(cfg, mode: str = 'train',

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mmengine.registry import DefaultScope
 from PIL import Image
 
 from pelk_mm.datasets import (ADE20K_DEMO_CLASSES, COCO_DEMO_CATEGORY_IDS, COCO_DEMO_CLASSES, IMAGENET_DEMO_CLASSES,
@@ -52,8 +53,10 @@ def test_imagenet_loads_with_mmpretrain(demo_root):
     from mmpretrain.datasets import CustomDataset, ImageNet
     root = demo_data_dir('imagenet', str(demo_root))
     pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-    train = ImageNet(data_root=root, split='train', metainfo=dict(classes=IMAGENET_DEMO_CLASSES), pipeline=pipeline)
-    val = ImageNet(data_root=root, split='val', metainfo=dict(classes=IMAGENET_DEMO_CLASSES), pipeline=pipeline)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        train = ImageNet(data_root=root, split='train', metainfo=dict(classes=IMAGENET_DEMO_CLASSES),
+                         pipeline=pipeline)
+        val = ImageNet(data_root=root, split='val', metainfo=dict(classes=IMAGENET_DEMO_CLASSES), pipeline=pipeline)
     assert len(train) == 288 and len(val) == 72
     assert sorted(set(train.get_gt_labels().tolist())) == list(range(6))
     sample = val[0]
@@ -97,9 +100,11 @@ def test_ade20k_layout_and_mmseg_loading(demo_root):
             values |= set(np.unique(np.asarray(im)).tolist())
     assert values <= {0} | set(ADE20K_DEMO_CLASSES.values()) and len(values) >= 5
 
-    ds = ADE20KDataset(data_root=str(root),
-                       data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-                       pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True)])
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        ds = ADE20KDataset(data_root=str(root),
+                           data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+                           pipeline=[dict(type='LoadImageFromFile'),
+                                     dict(type='LoadAnnotations', reduce_zero_label=True)])
     assert len(ds) == 40
     classes = [c.strip() if isinstance(c, str) else c for c in ds.metainfo['classes']]
     for name, value in ADE20K_DEMO_CLASSES.items():
@@ -140,15 +145,14 @@ def test_coco_json_format(demo_root):
 
 def test_coco_loads_with_mmdet(demo_root):
     from mmdet.datasets import CocoDataset
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=True)
     root = demo_data_dir('coco', str(demo_root))
     pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
                 dict(type='PackDetInputs')]
     for split, n in (('train', 60), ('val', 16)):
-        ds = CocoDataset(data_root=root, ann_file=f'annotations/instances_{split}2017.json',
-                         data_prefix=dict(img=f'{split}2017/'), metainfo=dict(classes=COCO_DEMO_CLASSES),
-                         filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline=pipeline)
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            ds = CocoDataset(data_root=root, ann_file=f'annotations/instances_{split}2017.json',
+                             data_prefix=dict(img=f'{split}2017/'), metainfo=dict(classes=COCO_DEMO_CLASSES),
+                             filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline=pipeline)
         assert len(ds) == n
         labels = set()
         for i in range(len(ds)):

@@ -18,7 +18,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from pelk_mm.apis.complexity import analyze_config, format_table  # noqa: E402
+from pelk_mm.apis.complexity import _fmt, analyze_config, format_table  # noqa: E402
 from pelk_mm.apis.launch import LaunchError  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     print(f'input shape: {tuple(result["input_shape"])}; counted: {result["mode"]}')
     for note in result['notes']:
         print(f'note: {note}')
-    print(f'FLOPs: {result["flops"] / 1e9:.3f} G   params: {result["params"] / 1e6:.3f} M   '
-          f'params (dense-equivalent): {result["params_dense_equivalent"] / 1e6:.3f} M')
+    print(f'FLOPs: {_fmt(result["flops"])}   params: {_fmt(result["params"])}   '
+          f'params (dense-equivalent): {_fmt(result["params_dense_equivalent"])}')
     print(format_table(result))
     print('FLOPs = multiply-adds; peripheral conv column = dense K x K conv + positional-embedding band matmuls.')
     print(split)
