@@ -107,6 +107,9 @@ def _plot(series: Dict[str, Dict[str, list]], path: str, title: str, xlabel: str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    for wd in args.work_dirs:
+        if not osp.isdir(wd):
+            raise FileNotFoundError(f'work_dir {wd!r} does not exist')
     out_dir = args.out_dir or osp.join(args.work_dirs[0], 'plots')
     os.makedirs(out_dir, exist_ok=True)
     losses, lrs, metrics, dump = OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict()

@@ -4,5 +4,5 @@
 _base_ = ['../_base_/pelk_t_in1k_120e.py']
 
 model = dict(backbone=dict(
-    arch=dict(depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[7, 7, 7, 7]),
+    arch=dict(_delete_=True, depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[7, 7, 7, 7]),
     conv_type='dense', conv_ratio=1.0, kpe_mode=None))

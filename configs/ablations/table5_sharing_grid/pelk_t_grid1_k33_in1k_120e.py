@@ -5,6 +5,6 @@ _base_ = ['../_base_/pelk_t_in1k_120e_nosparse.py']
 
 half_grid = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
 model = dict(backbone=dict(
-    arch=dict(depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[33, 33, 33, 13]),
+    arch=dict(_delete_=True, depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[33, 33, 33, 13]),
     half_grids=[half_grid, half_grid, half_grid, None],
     kpe_mode=None))

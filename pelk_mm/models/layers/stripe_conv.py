@@ -169,7 +169,7 @@ class StripeConv2d(BaseModule):
                              'kernel supports none (kpe_mode=None)')
         kernel, bias = self.merged_kernel()
         self.lk_reparam = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
-                                    groups=self.channels, bias=True).to(kernel.device)
+                                    groups=self.channels, bias=True).to(device=kernel.device, dtype=kernel.dtype)
         self.lk_reparam.weight.copy_(kernel)
         self.lk_reparam.bias.copy_(bias)
         for name in ('conv_h', 'norm_h', 'conv_w', 'norm_w', 'small_conv', 'small_norm'):
