@@ -11,6 +11,7 @@ The op is a ``torch.library`` custom op (``pelk_mm::periconv_cpu``) with its own
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -30,11 +31,22 @@ _lock = threading.Lock()
 _state = {'tried': False, 'module': None, 'reason': None}
 
 
+def _cpu_tag() -> str:
+    """Short hash of the CPU's feature flags: ``-march=native`` builds must not be shared across CPU models."""
+    flags = ''
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((line for line in f if line.startswith(('flags', 'Features'))), '')
+    except OSError:
+        pass
+    return hashlib.sha1(f'{platform.machine()} {flags}'.encode()).hexdigest()[:8]
+
+
 def build_dir() -> str:
-    """Where the JIT build lives (outside the repository; one folder per CPU architecture)."""
+    """Where the JIT build lives (outside the repository; one folder per CPU feature set and torch version)."""
     root = os.environ.get('PELK_MM_EXT_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'pelk_mm',
                                                               'torch_extensions'))
-    return os.path.join(root, f'{_NAME}_{platform.machine()}_torch{torch.__version__.split("+")[0]}')
+    return os.path.join(root, f'{_NAME}_{platform.machine()}-{_cpu_tag()}_torch{torch.__version__.split("+")[0]}')
 
 
 def extension():
