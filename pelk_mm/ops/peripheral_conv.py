@@ -149,6 +149,8 @@ def _autotune(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], key: t
     best_name, best = None, float('inf')
     for impl in candidates:
         try:
+            if grad and _time_once(impl, x, weight, grid, False) > 5 * best:
+                continue  # its forward alone is far slower than the best forward+backward: skip the backward
             first = _time_once(impl, x, weight, grid, grad)  # warm-up (builds, caches, plans)
             if first > 20 * best:
                 continue  # hopeless: skip the timed runs
