@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import tempfile
+import warnings
 
 import torch
 
@@ -123,6 +124,8 @@ def apply() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    # setuptools<81 is pinned on purpose (mmengine's `pkg::` config bases need pkg_resources): silence its notice
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
     _patch_checkpoint_io()
     _patch_cpu_launcher()
     _PATCHED = True
