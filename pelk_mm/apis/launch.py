@@ -423,11 +423,11 @@ def _log(runner, notes: Sequence[str], level=logging.WARNING) -> None:
 
 def _prepare(cfg, args, mode: str):
     codebase = get_codebase(cfg, args.config)
+    info = prepare_data(cfg, mode, config_name=args.config)  # first: fail fast, before the heavy imports
     register_codebase(codebase)
     if codebase == 'mmdet':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
         setup_cache_size_limit_of_dynamo()
-    info = prepare_data(cfg, mode, config_name=args.config)
     warnings = []
     if mode == 'train':
         warnings = resolve_amp(cfg, bool(args.amp))

@@ -59,3 +59,14 @@ class Tools:
 @pytest.fixture(scope='session')
 def tools():
     return Tools
+
+
+@pytest.fixture(autouse=True)
+def _restore_local_rank():
+    """parse_train_args/parse_test_args set LOCAL_RANK like the stock tools; keep it out of other tests."""
+    before = os.environ.get('LOCAL_RANK')
+    yield
+    if before is None:
+        os.environ.pop('LOCAL_RANK', None)
+    else:
+        os.environ['LOCAL_RANK'] = before
