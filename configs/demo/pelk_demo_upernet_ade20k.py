@@ -19,7 +19,8 @@ data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        arch=dict(depths=[1, 1, 2, 1], channels=channels, kernel_sizes=[13, 11, 9, 5], center_sizes=[3, 3, 3, 3]),
+        arch=dict(_delete_=True, depths=[1, 1, 2, 1], channels=channels, kernel_sizes=[13, 11, 9, 5],
+                  center_sizes=[3, 3, 3, 3]),
         drop_path_rate=0.1,
         init_cfg=None),  # trained from scratch
     decode_head=dict(in_channels=channels, channels=64),

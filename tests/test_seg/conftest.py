@@ -1,6 +1,7 @@
 """Shared fixtures of the segmentation tests: the segmentation configs and a mmseg default scope."""
 from __future__ import annotations
 
+import copy
 import os.path as osp
 
 import pytest
@@ -17,11 +18,15 @@ SEG_CONFIGS = {
 
 @pytest.fixture(scope='session')
 def load_seg_config():
-    """``load_seg_config(name)`` -> the parsed :class:`mmengine.Config` of ``SEG_CONFIGS[name]``."""
+    """``load_seg_config(name)`` -> a fresh copy of the parsed :class:`mmengine.Config` of ``SEG_CONFIGS[name]``
+    (each file is parsed once per session)."""
     from mmengine.config import Config
+    parsed = {}
 
     def load(name: str):
-        return Config.fromfile(osp.join(REPO, SEG_CONFIGS[name]))
+        if name not in parsed:
+            parsed[name] = Config.fromfile(osp.join(REPO, SEG_CONFIGS[name]))
+        return copy.deepcopy(parsed[name])
 
     return load
 

@@ -15,11 +15,13 @@ ARCH = dict(depths=[1, 1, 2, 1], channels=[16, 32, 64, 128], kernel_sizes=[13, 1
 
 
 def save_classification_checkpoint(path):
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS as CLS_MODELS
-    cls_model = CLS_MODELS.build(dict(
-        type='mmpretrain.ImageClassifier',
-        backbone=dict(type='pelk_mm.PeLK', arch=ARCH, drop_path_rate=0.1),
-        head=dict(type='mmpretrain.LinearClsHead', num_classes=6, in_channels=128)))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # as our mmpretrain training builds it
+        cls_model = CLS_MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='pelk_mm.PeLK', arch=ARCH, drop_path_rate=0.1),
+            head=dict(type='LinearClsHead', num_classes=6, in_channels=128)))
     cls_model.init_weights()
     with torch.no_grad():  # make every tensor, BN statistics included, distinguishable from a fresh init
         for p in cls_model.parameters():

@@ -1,6 +1,8 @@
 """Every segmentation config parses, carries the paper's recipe (pelk_paper.md §5.2: UperNet, 512x512, 160k,
 AdamW 1e-4 / 0.05, stage-wise decay 0.9, warm-up 1500 + poly, slide 512/341, SyncBN, AMP) and builds its model."""
+import contextlib
 import gc
+from unittest import mock
 
 import pytest
 import torch
@@ -59,26 +61,41 @@ def test_recipe(load_seg_config, name):
     assert cfg.val_evaluator.type == 'IoUMetric'
 
 
-def build_seg_model(cfg):
-    from mmseg.registry import MODELS
-    cfg.model.backbone.init_cfg = None  # no checkpoint needed
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    model.init_weights()
-    return model
+@contextlib.contextmanager
+def no_weight_init():
+    """Skip torch's default Linear/Conv initialisation while building (big models build in seconds)."""
+    with mock.patch.object(torch.nn.Linear, 'reset_parameters', lambda self: None), \
+            mock.patch.object(torch.nn.modules.conv._ConvNd, 'reset_parameters', lambda self: None):
+        yield
+
+
+# paper Table 2 "Params (M)" of the whole UperNet model: non-zeros, i.e. SLaK's 40 % sparsity on the backbone's
+# 2-D/4-D weights (README decision 6), heads dense; the auxiliary FCN head is dropped at inference
+PAPER_PARAMS_M = {'t': 62, 's': 84, 'b': 126, 'b101': 126}
 
 
 @pytest.mark.parametrize('name', sorted(TABLE))
 def test_builds(load_seg_config, name):
+    from mmseg.registry import MODELS
     arch, _, widths, _, kernels, centre = TABLE[name]
-    model = build_seg_model(load_seg_config(name))
+    cfg = load_seg_config(name)
+    cfg.model.backbone.init_cfg = None  # no checkpoint needed
+    with no_weight_init():
+        model = revert_sync_batchnorm(MODELS.build(cfg.model))
     bb = model.backbone
     assert isinstance(bb, PeLK)
     assert bb.channels == widths and bb.kernel_sizes == kernels and bb.center_sizes == [centre] * 4
     assert bb.depths == ([3, 3, 9, 3] if name == 't' else [3, 3, 27, 3])
     assert [hasattr(bb, f'norm{i}') for i in range(4)] == [True] * 4
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
-    assert model.decode_head.conv_seg.out_channels == 150
+    assert model.decode_head.conv_seg.out_channels == 150 and model.auxiliary_head.conv_seg.out_channels == 150
     assert model.test_cfg.mode == 'slide'
+
+    sparse = sum(p.numel() for p in bb.parameters() if p.ndim in (2, 4))
+    dense = sum(p.numel() for p in bb.parameters()) - sparse
+    heads = sum(p.numel() for n, p in model.named_parameters() if n.startswith('decode_head.'))
+    nonzeros_m = (0.6 * sparse + dense + heads) / 1e6
+    assert nonzeros_m == pytest.approx(PAPER_PARAMS_M[name], rel=0.02)
     del model, bb
     gc.collect()
 

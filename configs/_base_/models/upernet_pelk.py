@@ -21,8 +21,8 @@ model = dict(
         gap_before_final_norm=False,
         conv_norm_cfg=norm_cfg,
         drop_path_rate=0.4,
-        layer_scale_init_value=1.0,  # overwritten by the ImageNet checkpoint
-        init_cfg=None),  # the recipes set dict(type='Pretrained', checkpoint=..., prefix='backbone.')
+        # the recipes set init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')
+        layer_scale_init_value=1.0),  # overwritten by the ImageNet checkpoint
     decode_head=dict(
         type='UPerHead',
         in_channels=[124, 249, 499, 998],
