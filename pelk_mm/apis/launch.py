@@ -26,7 +26,6 @@ import importlib
 import logging
 import os
 import os.path as osp
-import sys
 from typing import List, Optional, Sequence
 
 import pelk_mm  # noqa: F401  (compat patches + pelk_mm.PeLK)
@@ -431,6 +430,8 @@ def _prepare(cfg, args, mode: str):
     warnings = []
     if mode == 'train':
         warnings = resolve_amp(cfg, bool(args.amp))
+    from .validate import validate_config  # config/checkpoint checks before the Runner is built (issue 6)
+    warnings += validate_config(cfg, mode, config_name=args.config)
     return codebase, info, warnings
 
 
@@ -469,12 +470,8 @@ def test(args):
 
 
 def _run_cli(fn, args) -> int:
-    try:
-        fn(args)
-    except (LaunchError, MissingDataError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
-    return 0
+    from .errors import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
+    return run_cli(fn, args)
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:

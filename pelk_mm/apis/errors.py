@@ -1,0 +1,48 @@
+"""User-facing errors of ``tools/train.py`` / ``tools/test.py``: one line on stderr and an exit status, no traceback.
+
+Errors the user can fix by changing the command line, the config, the data or a checkpoint are printed as
+``error: <message>``; anything else (a bug) keeps its traceback. Exit status: 2 for configuration, data and
+checkpoint errors, 3 when training was stopped by :class:`pelk_mm.NonFiniteGuardHook`.
+
+mmengine's registry re-raises errors from inside a build as ``type(err)('class `X` in file: ...')``, so the
+classes below may arrive with that prefix; :func:`format_user_error` keeps the first line only.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Tuple, Type
+
+__all__ = ['user_error_types', 'format_user_error', 'exit_code', 'run_cli']
+
+
+def user_error_types() -> Tuple[Type[BaseException], ...]:
+    """Exception classes shown as one line (imported lazily: this module must stay cheap to import)."""
+    from pelk_mm.compat import CheckpointLoadError
+    from pelk_mm.engine.hooks.non_finite_guard_hook import NonFiniteTrainingError
+
+    from .check_data import MissingDataError
+    from .launch import LaunchError
+    from .validate import ConfigValidationError
+    return (LaunchError, MissingDataError, ConfigValidationError, CheckpointLoadError, NonFiniteTrainingError)
+
+
+def format_user_error(err: BaseException) -> str:
+    """``error: <first line of the message>``."""
+    text = str(err).strip() or type(err).__name__
+    line = ' '.join(part.strip() for part in text.splitlines() if part.strip())
+    return f'error: {line}'
+
+
+def exit_code(err: BaseException) -> int:
+    from pelk_mm.engine.hooks.non_finite_guard_hook import NonFiniteTrainingError
+    return 3 if isinstance(err, NonFiniteTrainingError) else 2
+
+
+def run_cli(fn: Callable, args) -> int:
+    """Run ``fn(args)``; print a user error as one line on stderr and return its exit status (0 on success)."""
+    try:
+        fn(args)
+    except user_error_types() as err:
+        print(format_user_error(err), file=sys.stderr, flush=True)
+        return exit_code(err)
+    return 0

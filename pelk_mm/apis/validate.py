@@ -1,0 +1,381 @@
+"""Check a config before any heavy work (building the Runner, the dataloaders or the model's weights).
+
+:func:`validate_config` raises :class:`ConfigValidationError` (or :class:`~pelk_mm.apis.check_data.MissingDataError`)
+with one line naming the config key, the bad value and the fix, within seconds instead of a stack trace from deep
+inside mmengine after minutes of start-up. It checks:
+
+* the PeLK backbone arguments (``arch`` name, even kernel sizes, kernel sizes smaller than their central region,
+  ``out_indices`` range, ...), by building the backbone with its parameters on the ``meta`` device (no memory, no
+  weight initialisation), so every argument check of the constructor runs;
+* the channels that the neck/heads expect against the backbone's outputs: an mmpretrain ``head.in_channels``
+  (last width), mmseg ``decode_head.in_channels`` / ``auxiliary_head.in_channels`` (through their ``in_index``), an
+  mmdet ``neck.in_channels`` (FPN list) or ``rpn_head``-free necks with a list;
+* the dataset paths the run needs (:func:`pelk_mm.apis.check_data.check_data_paths`);
+* ``model.backbone.init_cfg`` ``Pretrained`` checkpoints: readable, and their (prefix-filtered) keys and shapes
+  match the backbone (missing keys such as the per-output norms of dense-prediction mode are fine; any shape
+  mismatch, or no overlap, is an error that names the likely arch);
+* ``load_from`` / ``--resume`` targets: readable (truncated files are caught from the zip directory). For
+  ``--resume`` without a path, a ``last_checkpoint`` that is empty or points at a missing or unreadable file (a
+  run killed while saving) falls back to the newest readable checkpoint in ``work_dir`` with a warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os.path as osp
+import re
+import zipfile
+from typing import List, Optional, Tuple
+
+from .check_data import check_data_paths
+
+__all__ = ['ConfigValidationError', 'validate_config', 'backbone_out_channels', 'check_checkpoint_file',
+           'resolve_resume']
+
+_PELK_TYPES = ('pelk_mm.PeLK', 'PeLK')
+
+
+class ConfigValidationError(ValueError):
+    """A config value that cannot work. ``key`` is the dotted config key; ``str(err)`` is the one-line message."""
+
+    def __init__(self, message: str, key: str = ''):
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _fail(key: str, problem: str, fix: str):
+    raise ConfigValidationError(f'config key `{key}`: {problem}. Fix: {fix}', key)
+
+
+# --------------------------------------------------------------------------------------------------- backbone
+@contextlib.contextmanager
+def _params_on_meta():
+    """Create every nn.Parameter on the meta device (no memory, initialisation is a no-op)."""
+    import torch
+    import torch.nn as nn
+    register = nn.Module.register_parameter
+
+    def register_parameter(self, name, param):
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(torch.empty_like(param, device='meta'), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _is_pelk(backbone_cfg) -> bool:
+    t = backbone_cfg.get('type', '') if hasattr(backbone_cfg, 'get') else ''
+    return (t in _PELK_TYPES) if isinstance(t, str) else getattr(t, '__name__', '') == 'PeLK'
+
+
+def _innermost_reason(err: BaseException) -> str:
+    """mmengine's registry prefixes 'class `X` in file: ' to errors raised while building; keep the reason."""
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return re.sub(r'^(class `\w+` in [^:]+: )+', '', msg)
+
+
+def _backbone_key_for(reason: str) -> str:
+    for name in ('out_indices', 'kernel_sizes', 'center_sizes', 'frozen_stages', 'half_grids', 'kpe_mode',
+                 'conv_type', 'conv_impl', 'drop_path_rate', 'conv_ratio'):
+        if name in reason:
+            return 'model.backbone.arch' if name in ('kernel_sizes', 'center_sizes') else f'model.backbone.{name}'
+    if 'arch' in reason:
+        return 'model.backbone.arch'
+    return 'model.backbone'
+
+
+def build_backbone_meta(backbone_cfg):
+    """The PeLK backbone of a config with meta parameters; raises :class:`ConfigValidationError` on a bad arg."""
+    import copy
+    from mmengine.registry import MODELS
+    import pelk_mm.models  # noqa: F401  (registers pelk_mm.PeLK)
+    cfg = copy.deepcopy(dict(backbone_cfg))
+    cfg['type'] = 'pelk_mm.PeLK'
+    cfg.pop('init_cfg', None)
+    try:
+        with _params_on_meta():
+            return MODELS.build(cfg)
+    except (ValueError, TypeError, KeyError, AssertionError) as err:
+        reason = _innermost_reason(err)
+        key = _backbone_key_for(reason)
+        value = _get(backbone_cfg, key[len('model.backbone.'):]) if key != 'model.backbone' else None
+        shown = f' (= {value!r})' if value is not None else ''
+        _fail(key, f'{reason}{shown}',
+              'use a valid value: arch one of tiny/small/base/tiny-101/base-101/tiny-151 (or a dict with depths, '
+              'channels, odd kernel_sizes >= center_sizes), out_indices within the number of stages')
+
+
+def _get(cfg, dotted: str, default=None):
+    cur = cfg
+    for part in dotted.split('.'):
+        if not part:
+            continue
+        if hasattr(cur, 'get'):
+            cur = cur.get(part, default)
+        else:
+            return default
+        if cur is default:
+            return default
+    return cur
+
+
+def backbone_out_channels(backbone) -> List[int]:
+    """Channels of the backbone's outputs, in output order (stage order of ``out_indices``)."""
+    return [backbone.channels[i] for i in sorted(backbone.out_indices)]
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _check_head(head_cfg, key: str, outs: List[int]) -> None:
+    if not hasattr(head_cfg, 'get') or head_cfg.get('in_channels', None) is None:
+        return
+    in_channels = head_cfg['in_channels']
+    in_index = head_cfg.get('in_index', None)
+    if in_index is None:
+        in_index = list(range(len(outs))) if isinstance(in_channels, (list, tuple)) else -1
+    try:
+        expected = [outs[i] for i in _as_list(in_index)]
+    except IndexError:
+        _fail(f'{key}.in_index', f'in_index={in_index!r} but the backbone has {len(outs)} outputs (channels '
+              f'{outs})', f'set {key}.in_index within 0..{len(outs) - 1} or add the stage to model.backbone.out_indices')
+    expected_value = expected if isinstance(in_channels, (list, tuple)) else expected[0]
+    if _as_list(in_channels) != expected:
+        _fail(f'{key}.in_channels', f'{in_channels!r} does not match the backbone outputs it reads '
+              f'(in_index={in_index!r} -> {expected_value!r}; backbone output channels {outs})',
+              f'set {key}.in_channels={expected_value!r} (or change model.backbone.arch / out_indices)')
+
+
+def _check_model(cfg) -> None:
+    model = cfg.get('model', None)
+    if not hasattr(model, 'get'):
+        return
+    if model.get('type', '') in ('SegTTAModel', 'DetTTAModel') or 'module' in model:
+        model = model.get('module', model)
+    backbone_cfg = model.get('backbone', None)
+    if not hasattr(backbone_cfg, 'get') or not _is_pelk(backbone_cfg):
+        return
+    backbone = build_backbone_meta(backbone_cfg)
+    outs = backbone_out_channels(backbone)
+    scope = cfg.get('default_scope', None)
+    neck = model.get('neck', None)
+    if scope == 'mmpretrain' or model.get('head', None) is not None:
+        head = model.get('head', None)
+        if hasattr(head, 'get') and head.get('in_channels', None) is not None and (
+                neck is None or (hasattr(neck, 'get') and 'GlobalAveragePooling' in str(neck.get('type', '')))):
+            if head['in_channels'] != outs[-1]:
+                _fail('model.head.in_channels', f'{head["in_channels"]!r} but the backbone\'s last output has '
+                      f'{outs[-1]} channels (arch widths {backbone.channels}, out_indices {backbone.out_indices})',
+                      f'set model.head.in_channels={outs[-1]}')
+    for name in ('decode_head', 'auxiliary_head'):
+        heads = model.get(name, None)
+        if isinstance(heads, (list, tuple)):
+            for i, h in enumerate(heads):
+                _check_head(h, f'model.{name}[{i}]', outs)
+        else:
+            _check_head(heads, f'model.{name}', outs)
+    if hasattr(neck, 'get') and isinstance(neck.get('in_channels', None), (list, tuple)):
+        in_channels = list(neck['in_channels'])
+        start = neck.get('start_level', 0)
+        if in_channels != outs:
+            _fail('model.neck.in_channels', f'{in_channels} does not match the backbone output channels {outs} '
+                  f'(arch widths {backbone.channels}, out_indices {backbone.out_indices})',
+                  f'set model.neck.in_channels={outs} (start_level={start} only skips levels inside the neck)')
+    return backbone
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def check_checkpoint_file(path: str, key: str, missing_fix: Optional[str] = None) -> None:
+    """Cheap readability check of a local checkpoint (exists, non-empty, intact zip directory and pickle)."""
+    if '://' in str(path):
+        return
+    if not osp.isfile(path):
+        _fail(key, f'checkpoint {path!r} does not exist', missing_fix or 'give the path of an existing .pth file '
+              '(e.g. work_dirs/<config>/epoch_N.pth or iter_N.pth)')
+    size = osp.getsize(path)
+    if size == 0:
+        _fail(key, f'checkpoint {path!r} is empty (0 bytes)', 'use an intact checkpoint, e.g. an earlier '
+              'epoch_*.pth / iter_*.pth in the same folder')
+    if not zipfile.is_zipfile(path):
+        with open(path, 'rb') as f:
+            head = f.read(2)
+        if head[:1] == b'\x80':  # legacy (non-zip) torch.save format: cannot be checked cheaply
+            return
+        _fail(key, f'checkpoint {path!r} ({size} bytes) is truncated or not a PyTorch checkpoint (no zip '
+              f'directory at the end; a run killed while writing it leaves such a file)',
+              'use an intact checkpoint, e.g. an earlier epoch_*.pth / iter_*.pth in the same folder')
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = [n for n in zf.namelist() if n.endswith('data.pkl')]
+            if not pkl:
+                raise zipfile.BadZipFile('no data.pkl record')
+            zf.read(pkl[0])  # CRC-checked
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        _fail(key, f'checkpoint {path!r} ({size} bytes) is corrupt ({err})',
+              'use an intact checkpoint, e.g. an earlier epoch_*.pth / iter_*.pth in the same folder')
+
+
+def _readable(path: str) -> bool:
+    try:
+        check_checkpoint_file(path, 'resume')
+        return True
+    except ConfigValidationError:
+        return False
+
+
+def _step_of(path: str) -> Tuple[int, float]:
+    m = re.search(r'(\d+)\.pth$', osp.basename(path))
+    return (int(m.group(1)) if m else -1, osp.getmtime(path))
+
+
+def resolve_resume(cfg) -> List[str]:
+    """``--resume`` without a path: make sure ``work_dir/last_checkpoint`` leads to a readable checkpoint.
+
+    Returns warnings. When ``last_checkpoint`` is empty, or names a missing or unreadable file, the newest
+    readable ``epoch_*.pth``/``iter_*.pth`` in ``work_dir`` is used instead (``cfg.load_from`` is set to it).
+    """
+    notes: List[str] = []
+    if not cfg.get('resume', False):
+        return notes
+    load_from = cfg.get('load_from', None)
+    if load_from:
+        check_checkpoint_file(load_from, 'resume (--resume PATH / load_from)')
+        return notes
+    work_dir = cfg.get('work_dir', None)
+    if not work_dir:
+        return notes
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if not osp.exists(marker):
+        return notes  # mmengine starts from scratch and says so
+    with open(marker) as f:
+        target = f.read().strip()
+    if target and osp.isfile(target) and _readable(target):
+        return notes
+    candidates = [p for p in glob.glob(osp.join(work_dir, '*.pth'))
+                  if re.match(r'(epoch|iter)_\d+\.pth$', osp.basename(p))]
+    candidates.sort(key=_step_of, reverse=True)
+    why = ('is empty' if not target else f'names {target!r}, which does not exist' if not osp.isfile(target)
+           else f'names {target!r}, which is truncated or corrupt')
+    for path in candidates:
+        if _readable(path):
+            cfg.load_from = path
+            notes.append(f'--resume: {marker} {why}; resuming from the newest readable checkpoint {path} instead')
+            return notes
+    _fail('resume', f'{marker} {why} and {work_dir} holds no other readable epoch_*.pth / iter_*.pth',
+          'start without --resume, or pass --resume PATH to an intact checkpoint')
+
+
+def _pretrained_cfgs(backbone_cfg) -> List[dict]:
+    init_cfg = backbone_cfg.get('init_cfg', None)
+    out = []
+    for item in _as_list(init_cfg) if init_cfg is not None else []:
+        if hasattr(item, 'get') and item.get('type', None) == 'Pretrained' and item.get('checkpoint', None):
+            out.append(item)
+    return out
+
+
+def _guess_arch(state_dict) -> Optional[str]:
+    from pelk_mm.models.backbones.pelk import PeLK
+    depths, i = [], 0
+    while any(k.startswith(f'stages.{i}.') for k in state_dict):
+        depths.append(len({k.split('.')[2] for k in state_dict if k.startswith(f'stages.{i}.')
+                           and k.split('.')[2].isdigit()}))
+        i += 1
+    stem = state_dict.get('downsample_layers.0.0.weight', None)
+    if stem is None:
+        return None
+    for name, arch in PeLK.arch_settings.items():
+        if arch['depths'] == depths and arch['channels'][0] == stem.shape[0]:
+            return name
+    return f'depths={depths}, stem width {stem.shape[0]}'
+
+
+def _check_pretrained(cfg, backbone) -> None:
+    model = cfg.get('model', None)
+    backbone_cfg = model.get('backbone', None) if hasattr(model, 'get') else None
+    if backbone is None or not hasattr(backbone_cfg, 'get'):
+        return
+    for init in _pretrained_cfgs(backbone_cfg):
+        path, prefix = init['checkpoint'], init.get('prefix', None)
+        key = 'model.backbone.init_cfg.checkpoint'
+        if '://' in str(path):
+            continue
+        check_checkpoint_file(path, key, missing_fix=(
+            'train or download the ImageNet-1k PeLK checkpoint and put it there (README "Pretrained weights"), '
+            'point the key at your copy with --cfg-options model.backbone.init_cfg.checkpoint=/path/to.pth, or '
+            'train from scratch with --cfg-options model.backbone.init_cfg=None'))
+        from pelk_mm.compat import CheckpointLoadError, load_local_checkpoint
+        try:
+            ckpt = load_local_checkpoint(path, map_location='cpu')
+        except CheckpointLoadError as err:
+            _fail(key, str(err), 'use an intact checkpoint')
+        state = ckpt.get('state_dict', ckpt.get('model', ckpt)) if isinstance(ckpt, dict) else {}
+        if prefix:
+            p = prefix if prefix.endswith('.') else prefix + '.'
+            state = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+            if not state:
+                _fail('model.backbone.init_cfg.prefix', f'no key of {path!r} starts with {prefix!r}',
+                      'set prefix to the part before the backbone keys (\'backbone.\' for mmpretrain/mmseg/mmdet '
+                      'checkpoints) or None for a backbone-only state_dict')
+        state = {re.sub(r'^module\.', '', k): v for k, v in state.items() if hasattr(v, 'shape')}
+        expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+        common = [k for k in expected if k in state]
+        mismatched = [k for k in common if tuple(state[k].shape) != expected[k]]
+        if mismatched or len(common) < len(expected) // 2:
+            guess = _guess_arch(state)
+            arch = backbone_cfg.get('arch', 'tiny')
+            detail = (f'{len(mismatched)} of {len(common)} shared keys differ in shape, e.g. {mismatched[0]} '
+                      f'{tuple(state[mismatched[0]].shape)} in the checkpoint vs {expected[mismatched[0]]} in the '
+                      f'model' if mismatched else
+                      f'only {len(common)} of the backbone\'s {len(expected)} keys are in the checkpoint')
+            _fail(key, f'{path!r} does not match model.backbone (arch={arch!r}): {detail}'
+                  + (f'; the checkpoint looks like arch {guess!r}' if guess else ''),
+                  'use the checkpoint of this arch, or set model.backbone.arch to the checkpoint\'s'
+                  + ('' if prefix else '; for a full-model checkpoint set init_cfg prefix=\'backbone.\''))
+
+
+def _check_evaluator_files(cfg, mode: str) -> None:
+    """COCO-style evaluators read their own annotation file (``val_evaluator.ann_file``)."""
+    keys = ('val_evaluator', ) if mode == 'val' else ('test_evaluator', ) if mode == 'test' else ('val_evaluator', )
+    if mode == 'train' and not cfg.get('val_cfg', None):
+        return
+    for key in keys:
+        for i, ev in enumerate(_as_list(cfg.get(key, None))):
+            ann = ev.get('ann_file', None) if hasattr(ev, 'get') else None
+            if isinstance(ann, str) and ann and '://' not in ann and not osp.exists(ann):
+                name = key if not isinstance(cfg.get(key), (list, tuple)) else f'{key}[{i}]'
+                _fail(f'{name}.ann_file', f'annotation file {ann!r} does not exist',
+                      f'point it at the dataset\'s annotation json (the same file as the dataloader\'s ann_file), '
+                      f'e.g. --cfg-options {name}.ann_file=/path/to/instances_val2017.json')
+
+
+# --------------------------------------------------------------------------------------------------- entry point
+def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data: bool = True,
+                    check_checkpoints: bool = True) -> List[str]:
+    """Validate ``cfg`` for ``mode`` ('train', 'val', 'test') before the Runner is built.
+
+    Raises :class:`ConfigValidationError` / :class:`MissingDataError` (one line each); returns warnings (e.g. a
+    resume fallback) for the caller to log.
+    """
+    notes: List[str] = []
+    backbone = _check_model(cfg)
+    if check_data:
+        check_data_paths(cfg, mode=mode, config_name=config_name)
+        _check_evaluator_files(cfg, mode)
+    if check_checkpoints:
+        _check_pretrained(cfg, backbone)
+        if mode == 'train':
+            notes += resolve_resume(cfg)
+            if not cfg.get('resume', False) and cfg.get('load_from', None):
+                check_checkpoint_file(cfg['load_from'], 'load_from')
+        elif cfg.get('load_from', None):
+            check_checkpoint_file(cfg['load_from'], 'load_from (the checkpoint argument)')
+    return notes
