@@ -122,36 +122,40 @@ void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, Ro
 }
 
 // dst[a * D + t] = sum_b w[a, b] src[b * S + t] for t < L (a multiple of the vector width); S, D = strides between
-// cells; 4 rows x 2 vectors in registers per step.
+// cells. Blocks of NA rows of w x 2 vectors of t live in registers (2 * NA accumulators).
+template <typename T, int NA>
+inline void contract_block(const T* w, int64_t Gb, const T* src, int64_t S, int64_t t0, T* dst, int64_t D) {
+  constexpr int VN = kVN<T>;
+  V<T> c0[NA], c1[NA];
+  for (int k = 0; k < NA; ++k) c0[k] = c1[k] = V<T>{};
+  for (int64_t b = 0; b < Gb; ++b) {
+    const V<T> r0 = vload(src + b * S + t0), r1 = vload(src + b * S + t0 + VN);
+    for (int k = 0; k < NA; ++k) {
+      const T wk = w[k * Gb + b];
+      c0[k] += wk * r0;
+      c1[k] += wk * r1;
+    }
+  }
+  for (int k = 0; k < NA; ++k) {
+    vstore(dst + k * D + t0, c0[k]);
+    vstore(dst + k * D + t0 + VN, c1[k]);
+  }
+}
+
 template <typename T>
 void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, int64_t S, T* dst, int64_t D) {
   constexpr int VN = kVN<T>;
   int64_t t0 = 0;
   for (; t0 + 2 * VN <= L; t0 += 2 * VN) {
     int64_t a = 0;
-    for (; a + 4 <= Ga; a += 4) {
-      V<T> c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-      const T *w0 = w + a * Gb, *w1 = w0 + Gb, *w2 = w1 + Gb, *w3 = w2 + Gb;
-      for (int64_t b = 0; b < Gb; ++b) {
-        const V<T> r0 = vload(src + b * S + t0), r1 = vload(src + b * S + t0 + VN);
-        c00 += w0[b] * r0; c01 += w0[b] * r1;
-        c10 += w1[b] * r0; c11 += w1[b] * r1;
-        c20 += w2[b] * r0; c21 += w2[b] * r1;
-        c30 += w3[b] * r0; c31 += w3[b] * r1;
-      }
-      vstore(dst + a * D + t0, c00); vstore(dst + a * D + t0 + VN, c01);
-      vstore(dst + (a + 1) * D + t0, c10); vstore(dst + (a + 1) * D + t0 + VN, c11);
-      vstore(dst + (a + 2) * D + t0, c20); vstore(dst + (a + 2) * D + t0 + VN, c21);
-      vstore(dst + (a + 3) * D + t0, c30); vstore(dst + (a + 3) * D + t0 + VN, c31);
-    }
-    for (; a < Ga; ++a) {
-      V<T> c0 = {}, c1 = {};
-      for (int64_t b = 0; b < Gb; ++b) {
-        c0 += w[a * Gb + b] * vload(src + b * S + t0);
-        c1 += w[a * Gb + b] * vload(src + b * S + t0 + VN);
-      }
-      vstore(dst + a * D + t0, c0);
-      vstore(dst + a * D + t0 + VN, c1);
+    for (; a + 6 <= Ga; a += 6) contract_block<T, 6>(w + a * Gb, Gb, src, S, t0, dst + a * D, D);
+    switch (Ga - a) {
+      case 5: contract_block<T, 5>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+      case 4: contract_block<T, 4>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+      case 3: contract_block<T, 3>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+      case 2: contract_block<T, 2>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+      case 1: contract_block<T, 1>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+      default: break;
     }
   }
   for (; t0 < L; t0 += VN) {
