@@ -150,7 +150,7 @@ def analyze_model(model: nn.Module, codebase: str, shape: Sequence[int]) -> Dict
     elif codebase == 'mmseg':
         wrapper = _Call(model, lambda m, t: m(t, mode='tensor'))
         fa = _flop_analyzer(wrapper, x)
-        mode = 'EncoderDecoder tensor-mode forward (backbone + neck + decode/aux heads)'
+        mode = 'EncoderDecoder tensor-mode forward (backbone + neck + decode head; the auxiliary head is training-only)'
     else:
         def cls_forward(m, t):
             feats = m.extract_feat(t)
