@@ -152,9 +152,9 @@ def rel():
 
 @pytest.fixture(scope='session')
 def demo_cwd(tmp_path_factory):
-    """A working directory whose data/demo holds the ImageNet and ADE20K demo datasets (generated once)."""
+    """A working directory whose data/demo holds the ImageNet, ADE20K and COCO demo datasets (generated once)."""
     from pelk_mm.datasets import make_demo_data
     cwd = tmp_path_factory.mktemp('reliability')
-    for kind in ('imagenet', 'ade20k'):
+    for kind in ('imagenet', 'ade20k', 'coco'):
         make_demo_data(kind, str(cwd / 'data' / 'demo'))
     return cwd

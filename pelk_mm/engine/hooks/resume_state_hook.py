@@ -46,6 +46,7 @@ import os
 import os.path as osp
 import random
 import tempfile
+from collections import deque
 from typing import List, Optional
 
 import numpy as np
@@ -177,9 +178,13 @@ class ResumeStateHook(Hook):
             state = self._val_snapshot if self._val_snapshot is not None else self._capture()
             self._gathered = all_gather_object(state) if is_distributed() else [state]
             keep = hook.max_keep_ckpts
+            rotate = self.safe_rotation and keep > 0 and hasattr(hook, 'keep_ckpt_ids')
             try:
-                if self.safe_rotation and keep > 0:
-                    hook.max_keep_ckpts = keep + 1  # mmengine deletes before saving: keep one more meanwhile
+                if rotate:
+                    # mmengine deletes the oldest before saving: keep one more meanwhile (its deque has
+                    # maxlen=max_keep_ckpts, which would forget the oldest id without deleting the file)
+                    hook.max_keep_ckpts = keep + 1
+                    hook.keep_ckpt_ids = deque(hook.keep_ckpt_ids)
                 original(runner, step, meta)
             finally:
                 hook.max_keep_ckpts = keep
@@ -189,7 +194,7 @@ class ResumeStateHook(Hook):
             if is_main_process() and hook.last_ckpt is not None:
                 # mmengine wrote it with open('w'): make the final content durable and atomically replaced
                 _write_text_atomic(osp.join(runner.work_dir, 'last_checkpoint'), str(hook.last_ckpt))
-            if keep > 0:
+            if rotate:
                 while len(hook.keep_ckpt_ids) > keep:
                     old = hook.keep_ckpt_ids.popleft()
                     if is_main_process():
@@ -198,6 +203,7 @@ class ResumeStateHook(Hook):
                             hook.file_backend.remove(path)
                         elif hook.file_backend.isdir(path):
                             hook.file_backend.rmtree(path)
+                hook.keep_ckpt_ids = deque(hook.keep_ckpt_ids, keep)
                 runner.message_hub.update_info('keep_ckpt_ids', list(hook.keep_ckpt_ids))
 
         hook._save_checkpoint_with_step = save_checkpoint_with_step

@@ -1,0 +1,174 @@
+"""Config validation before any heavy work: each bad setting fails through tools/train.py with exit status 2, one
+line naming the config key and the fix, no traceback, and before the Runner exists (no log in the work dir).
+In-process checks time ``validate_config`` itself."""
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from pelk_mm.apis.check_data import MissingDataError
+from pelk_mm.apis.validate import ConfigValidationError, resolve_resume, validate_config
+
+CLS = 'configs/demo/pelk_demo_in1k.py'
+SEG = 'configs/demo/pelk_demo_upernet_ade20k.py'
+DET = 'configs/demo/pelk_demo_cascade_mask_rcnn_coco.py'
+OTHER_ARCH = dict(depths=[1, 1, 2, 1], channels=[16, 32, 64, 96], kernel_sizes=[13, 11, 7, 5],
+                  center_sizes=[5, 5, 3, 3])
+
+
+@pytest.fixture(scope='module')
+def ckpts(tmp_path_factory):
+    """A PeLK checkpoint of another arch than the cls demo's, and truncated / garbage files."""
+    from pelk_mm.models.backbones.pelk import PeLK
+    d = tmp_path_factory.mktemp('ckpts')
+    other = PeLK(arch=OTHER_ARCH)
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in other.state_dict().items()}, 'meta': {}},
+               d / 'other_arch.pth')
+    full = (d / 'other_arch.pth').read_bytes()
+    (d / 'truncated.pth').write_bytes(full[:len(full) // 2])
+    (d / 'garbage.pth').write_bytes(b'not a checkpoint at all' * 10)
+    return d
+
+
+def _cfg(rel, path, **overrides):
+    cfg = Config.fromfile(str(rel.REPO / path))
+    cfg.merge_from_dict(overrides)
+    return cfg
+
+
+IN_PROCESS = [
+    (CLS, {'model.backbone.arch': 'huge'}, 'model.backbone.arch', "unknown PeLK arch 'huge'"),
+    (CLS, {'model.backbone.arch.kernel_sizes': [12, 11, 7, 5]}, 'model.backbone.arch',
+     'kernel_sizes[0]=12 must be a positive odd int'),
+    (CLS, {'model.backbone.arch.kernel_sizes': [13, 11, 7, 1]}, 'model.backbone.arch',
+     'center_sizes[3]=3 is larger than kernel_sizes[3]=1'),
+    (CLS, {'model.backbone.out_indices': [4]}, 'model.backbone.out_indices', 'out of range for 4 stages'),
+    (CLS, {'model.head.in_channels': 128}, 'model.head.in_channels', 'set model.head.in_channels=256'),
+    (SEG, {'model.decode_head.in_channels': [16, 32, 64, 64]}, 'model.decode_head.in_channels',
+     'set model.decode_head.in_channels=[16, 32, 64, 128]'),
+    (SEG, {'model.auxiliary_head.in_channels': 128}, 'model.auxiliary_head.in_channels',
+     'set model.auxiliary_head.in_channels=64'),
+    (DET, {'model.neck.in_channels': [32, 64, 128, 128]}, 'model.neck.in_channels',
+     'set model.neck.in_channels=[32, 64, 128, 256]'),
+]
+
+
+@pytest.mark.parametrize('config,overrides,key,text', IN_PROCESS, ids=[c[2] + ':' + str(i)
+                                                                          for i, c in enumerate(IN_PROCESS)])
+def test_validate_config_in_process(config, overrides, key, text, rel):
+    cfg = _cfg(rel, config, **overrides)
+    t0 = time.time()
+    with pytest.raises(ConfigValidationError) as info:
+        validate_config(cfg, 'train', check_data=False)
+    assert time.time() - t0 < 10
+    assert info.value.key == key and f'config key `{key}`' in str(info.value) and text in str(info.value)
+    assert 'Fix:' in str(info.value) and '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('config', [CLS, SEG, DET, 'configs/pelk_t_in1k.py', 'configs/pelk_b_in1k.py'])
+def test_valid_configs_pass(config, rel):
+    t0 = time.time()
+    assert validate_config(_cfg(rel, config), 'train', check_data=False) == []
+    assert time.time() - t0 < 10
+
+
+def test_pretrained_mismatch_names_the_arch(ckpts, rel):
+    cfg = _cfg(rel, CLS, **{'model.backbone.init_cfg': dict(type='Pretrained', checkpoint=str(ckpts / 'other_arch.pth'),
+                                                              prefix='backbone.')})
+    with pytest.raises(ConfigValidationError) as info:
+        validate_config(cfg, 'train', check_data=False)
+    msg = str(info.value)
+    assert info.value.key == 'model.backbone.init_cfg.checkpoint' and 'does not match model.backbone' in msg
+    assert 'in the checkpoint vs' in msg and 'depths=[1, 1, 2, 1], stem width 16' in msg
+    # the matching arch passes
+    cfg.model.backbone.arch = OTHER_ARCH
+    cfg.model.head.in_channels = OTHER_ARCH['channels'][-1]
+    validate_config(cfg, 'train', check_data=False)
+
+
+def _torch_file(path, step):
+    torch.save({'meta': {'iter': step}, 'state_dict': {}}, path)
+
+
+def test_resume_falls_back_past_a_broken_last_checkpoint(tmp_path):
+    _torch_file(tmp_path / 'iter_2.pth', 2)
+    _torch_file(tmp_path / 'iter_4.pth', 4)
+    data = (tmp_path / 'iter_4.pth').read_bytes()
+    (tmp_path / 'iter_4.pth').write_bytes(data[:len(data) // 3])   # killed while writing (no atomic write)
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path)))
+    notes = resolve_resume(cfg)
+    assert cfg.load_from == str(tmp_path / 'iter_2.pth')
+    assert 'truncated or corrupt' in notes[0] and 'iter_2.pth' in notes[0]
+    for content in ('', str(tmp_path / 'iter_9.pth')):               # empty marker, marker to a deleted file
+        (tmp_path / 'last_checkpoint').write_text(content)
+        cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path)))
+        assert resolve_resume(cfg) and cfg.load_from == str(tmp_path / 'iter_2.pth')
+    (tmp_path / 'iter_2.pth').unlink()
+    cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path)))
+    with pytest.raises(ConfigValidationError, match='holds no other readable'):
+        resolve_resume(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _cli_cases(ckpts):
+    trunc, garbage, other = ckpts / 'truncated.pth', ckpts / 'garbage.pth', ckpts / 'other_arch.pth'
+    pre = 'model.backbone.init_cfg'
+    return {
+        'arch': (CLS, ['model.backbone.arch=huge'], [], "config key `model.backbone.arch`: unknown PeLK arch 'huge'"),
+        'even_kernel': (CLS, ['model.backbone.arch.kernel_sizes=[12,11,7,5]'], [],
+                        'kernel_sizes[0]=12 must be a positive odd int'),
+        'kernel_lt_center': (CLS, ['model.backbone.arch.kernel_sizes=[13,11,7,1]'], [],
+                             'center_sizes[3]=3 is larger than kernel_sizes[3]=1'),
+        'out_indices': (CLS, ['model.backbone.out_indices=[4]'], [], 'config key `model.backbone.out_indices`'),
+        'cls_head': (CLS, ['model.head.in_channels=128'], [], 'set model.head.in_channels=256'),
+        'seg_heads': (SEG, ['model.decode_head.in_channels=[16,32,64,64]'], [],
+                      'set model.decode_head.in_channels=[16, 32, 64, 128]'),
+        'seg_aux': (SEG, ['model.auxiliary_head.in_channels=128'], [], 'set model.auxiliary_head.in_channels=64'),
+        'det_neck': (DET, ['model.neck.in_channels=[32,64,128,128]'], [], 'set model.neck.in_channels=[32, 64, 128, 256]'),
+        'data_dir': (CLS, ['train_dataloader.dataset.data_root=data/nowhere'], [],
+                     'key `train_dataloader.dataset.data_root` points to'),
+        'ann_file': (DET, ['train_dataloader.dataset.ann_file=annotations/missing.json'], [],
+                     'key `train_dataloader.dataset.ann_file` points to'),
+        'pretrained_mismatch': (CLS, [f'{pre}.type=Pretrained', f'{pre}.checkpoint={other}', f'{pre}.prefix=backbone.'],
+                                [], 'does not match model.backbone'),
+        'pretrained_truncated': (CLS, [f'{pre}.type=Pretrained', f'{pre}.checkpoint={trunc}', f'{pre}.prefix=backbone.'],
+                                 [], f"config key `{pre}.checkpoint`: checkpoint '{trunc}'"),
+        'load_from_garbage': (CLS, [f'load_from={garbage}'], [], 'config key `load_from`: checkpoint'),
+        'resume_truncated': (CLS, [], ['--resume', str(trunc)], 'is truncated or not a PyTorch checkpoint'),
+    }
+
+
+@pytest.fixture(scope='module')
+def cli_results(ckpts, demo_cwd, tmp_path_factory, rel):
+    out = tmp_path_factory.mktemp('validate_cli')
+    cases = _cli_cases(ckpts)
+
+    def one(name):
+        config, opts, args, _ = cases[name]
+        work = out / name
+        return name, rel.train(rel.REPO / config, work, demo_cwd, opts or ['randomness.seed=0'], extra_args=args,
+                               timeout=240), work
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = {name: (r, work) for name, r, work in pool.map(one, list(cases))}
+    # reference: the time to start up and fail for the first, cheapest check (the same imports as any run)
+    return cases, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(_cli_cases(__import__('pathlib').Path('/x'))))
+def test_cli_fails_fast_with_one_line(name, cli_results):
+    cases, results = cli_results
+    expected = cases[name][3]
+    r, work = results[name]
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-3000:]
+    assert 'Traceback' not in out, out[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and expected in errors[0], r.stderr[-2000:]
+    assert 'Fix:' in errors[0] or 'Dataset not found' in errors[0]
+    assert not list(work.glob('*/*.log')), 'the Runner was built before the error'
+    assert r.elapsed < 120, f'{r.elapsed:.0f} s'
