@@ -12,7 +12,8 @@ Two details matter for PeLK:
   handle is installed: ``C*H*K*K + C*H*K*W`` FLOPs per peripheral conv.
 
 "params (dense-equivalent)" adds what the dense kernels would have had: ``sum C * (K^2 - k'^2)`` over the
-peripheral convs (``k'`` = number of grid cells per axis).
+peripheral convs (``k'`` = number of grid cells per axis). "params (non-zero)" counts non-zero entries, the number
+sparse-trained models report (SLaK/PeLK at 40% sparsity); load such a model with ``checkpoint``.
 """
 from __future__ import annotations
 
@@ -161,6 +162,8 @@ def analyze_model(model: nn.Module, codebase: str, shape: Sequence[int]) -> Dict
 
     flops_by_module = fa.by_module()
     params_by_module = parameter_count(model)
+    with torch.no_grad():
+        nonzero = int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
     extra = dense_equivalent_extra_params(model)
 
     def sum_extra(prefix: str) -> int:
@@ -197,12 +200,22 @@ def analyze_model(model: nn.Module, codebase: str, shape: Sequence[int]) -> Dict
         if hasattr(model, name) and getattr(model, name) is not None and name in dict(model.named_children()):
             rows[name] = row(name, [name])
     return dict(flops=rows['total']['flops'], params=rows['total']['params'],
-                params_dense_equivalent=rows['total']['params_dense_equivalent'], mode=mode, rows=rows,
+                params_dense_equivalent=rows['total']['params_dense_equivalent'], params_nonzero=nonzero,
+                mode=mode, rows=rows,
                 input_shape=[1, 3, h, w], notes=notes)
 
 
-def analyze_config(cfg, shape: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+def load_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load a checkpoint's ``state_dict`` (e.g. a sparse-trained model, for the non-zero count)."""
+    from mmengine.runner import load_checkpoint
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='silent')
+
+
+def analyze_config(cfg, shape: Optional[Sequence[int]] = None, checkpoint: Optional[str] = None) -> Dict[str, Any]:
+    """Build ``cfg.model`` (optionally load ``checkpoint``) and analyse it at ``shape`` (default per codebase)."""
     model, codebase = build_model_for_analysis(cfg)
+    if checkpoint:
+        load_weights(model, checkpoint)
     shape = tuple(shape) if shape else DEFAULT_SHAPES[codebase]
     result = analyze_model(model, codebase, shape)
     result['codebase'] = codebase

@@ -76,7 +76,22 @@ def test_cli_json(tmp_path, tools, capsys):
     assert tool.main([str(tools.TINY_CLS), '--shape', '64', '--json', str(out)]) == 0
     stdout = capsys.readouterr().out
     assert 'params (dense-equivalent)' in stdout and 'stage 3' in stdout
+    data = json.loads(out.read_text())
     assert tool.main([str(tmp_path / 'missing.py')]) == 2
+    assert data['params_nonzero'] <= data['params'] and data['params_nonzero'] > 0.9 * data['params']
+    # non-zero count of a (pretend) sparse checkpoint: zero half of the stage-0 peripheral weights
+    import torch
+    from pelk_mm.apis.complexity import build_model_for_analysis
+    model, _ = build_model_for_analysis(Config.fromfile(str(tools.TINY_CLS)))
+    w = model.backbone.stages[0][0].token_mixer.conv.weight
+    with torch.no_grad():
+        w.view(-1)[: w.numel() // 2] = 0
+    ckpt = tmp_path / 'sparse.pth'
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    assert tool.main([str(tools.TINY_CLS), '--shape', '64', '--checkpoint', str(ckpt), '--json', str(out)]) == 0
+    sparse = json.loads(out.read_text())
+    assert sparse['params_nonzero'] == data['params_nonzero'] - w.numel() // 2
+    assert sparse['flops'] == data['flops']
     with pytest.raises(SystemExit):
         tool.parse_args(['c.py', '--shape', '1', '2', '3'])
     assert tool.parse_args(['c.py', '--shape', '96']).shape == [96, 96]

@@ -2,11 +2,13 @@
 """Parameters and FLOPs of a config's model (mmpretrain / mmseg / mmdet), PeLK's peripheral conv counted as the
 dense K x K convolution it computes, plus the kernel-wise positional embedding's band matmuls.
 
-    python tools/analysis/get_flops.py CONFIG [--shape H [W]] [--cfg-options K=V ...] [--json OUT]
+    python tools/analysis/get_flops.py CONFIG [--shape H [W]] [--checkpoint CKPT] [--cfg-options K=V ...]
+                                       [--json OUT]
 
 Default input: 224x224 (mmpretrain), 512x512 (mmseg), 800x1280 (mmdet), batch 1. FLOPs are multiply-adds
 (mmengine/fvcore convention, as in the paper). "params (dense-equivalent)" is what the model would have with
-dense K x K kernels instead of the shared peripheral grid. Logic: pelk_mm/apis/complexity.py.
+dense K x K kernels instead of the shared peripheral grid; "params (non-zero)" is what sparse-trained models
+report (pass the trained --checkpoint). Logic: pelk_mm/apis/complexity.py.
 """
 import argparse
 import json
@@ -27,6 +29,18 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file path')
     parser.add_argument('--shape', type=int, nargs='+', default=None, metavar='SIZE',
                         help='input size: H W, or one number for a square input (default: per codebase)')
+    parser.add_argument('--checkpoint', help='load these weights first (e.g. a sparse model: non-zero count)')
+    parser.add_argument('--sparsity', type=float, default=None, metavar='S',
+                        help='also count params/FLOPs the way SLaK/PeLK report them (non-zero weights only) with a '
+                             'fraction S of the 2-D/4-D weights zeroed, e.g. 0.4 (backbone only for seg/det)')
+    parser.add_argument('--sparse-init', default='uniform', choices=['uniform', 'erk', 'snip'],
+                        help='layer-wise densities for --sparsity: uniform, ERK, or SNIP at init on --snip-images '
+                             'demo images (SLaK default; classifier configs only)')
+    parser.add_argument('--snip-images', type=int, default=8, help='batch size of the SNIP batch')
+    parser.add_argument('--sparse-densities', metavar='JSON',
+                        help='per-parameter densities to use for --sparsity (e.g. a classifier\'s SNIP densities '
+                             'written by --dump-densities, for its seg/det model: backbone.* names carry over)')
+    parser.add_argument('--dump-densities', metavar='JSON', help='write the per-parameter densities used')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value pairs')
     parser.add_argument('--json', metavar='OUT', help='also write the results to this JSON file')
@@ -39,6 +53,37 @@ def parse_args(argv=None):
     return args
 
 
+def _sparse_counts(cfg, args) -> dict:
+    """Non-zero-aware params/FLOPs (pelk_mm.utils.complexity; SLaK's counter counts non-zero weights)."""
+    from pelk_mm.utils.complexity import analyze_config_sparse, format_sparse_summary
+    from pelk_mm.utils.sparsity import check_sparsity
+    check_sparsity(args.sparsity)
+    densities = None
+    if args.sparse_densities:
+        with open(args.sparse_densities) as f:
+            densities = json.load(f)
+    elif args.sparse_init == 'snip':
+        from pelk_mm.apis.complexity import build_model_for_analysis
+        from pelk_mm.utils.analysis import find_images
+        from pelk_mm.utils.complexity import snip_densities_from_images
+        model, codebase = build_model_for_analysis(cfg)
+        if codebase != 'mmpretrain':
+            raise LaunchError('--sparse-init snip needs a classifier config; for seg/det pass the classifier\'s '
+                              'densities with --sparse-densities')
+        model.init_weights()
+        size = (args.shape or [224])[0]
+        densities = snip_densities_from_images(model, find_images(None, args.snip_images), size, args.sparsity)
+    sparse = analyze_config_sparse(cfg, args.shape, sparsity=args.sparsity, init=args.sparse_init
+                                   if args.sparse_init != 'snip' else 'uniform', checkpoint=args.checkpoint,
+                                   densities=densities)
+    if args.dump_densities and densities is not None:
+        with open(args.dump_densities, 'w') as f:
+            json.dump(densities, f, indent=1)
+    print(format_sparse_summary(sparse))
+    sparse.pop('rows', None)
+    return sparse
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not osp.isfile(args.config):
@@ -48,7 +93,9 @@ def main(argv=None) -> int:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     try:
-        result = analyze_config(cfg, args.shape)
+        if args.checkpoint and not osp.isfile(args.checkpoint):
+            raise LaunchError(f'checkpoint {args.checkpoint!r} does not exist')
+        result = analyze_config(cfg, args.shape, args.checkpoint)
     except LaunchError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -59,9 +106,12 @@ def main(argv=None) -> int:
     for note in result['notes']:
         print(f'note: {note}')
     print(f'FLOPs: {_fmt(result["flops"])}   params: {_fmt(result["params"])}   '
-          f'params (dense-equivalent): {_fmt(result["params_dense_equivalent"])}')
+          f'params (dense-equivalent): {_fmt(result["params_dense_equivalent"])}   '
+          f'params (non-zero): {_fmt(result["params_nonzero"])}')
     print(format_table(result))
     print('FLOPs = multiply-adds; peripheral conv column = dense K x K conv + positional-embedding band matmuls.')
+    if args.sparsity is not None:
+        result['sparse'] = _sparse_counts(cfg, args)
     print(split)
     if args.json:
         with open(args.json, 'w') as f:
