@@ -212,36 +212,50 @@ inline double hsum(V<T> v) {
   return s;
 }
 
-// out[a, b] += sum_t V[a, t] R[b, t] over L (multiple of the vector width) elements: a 4 (rows of V) x 2 (rows of R)
-// block of accumulators in registers, partial sums flushed to double every kFlush vectors.
-template <typename T>
-void gram(const T* Vm, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* out) {
+// out[a, b] += sum_t V[a, t] R[b, t] over L (multiple of the vector width) elements: blocks of NA rows of V x 2 rows
+// of R in registers (2 * NA accumulators), partial sums flushed to double every kFlush vectors.
+template <typename T, int NA>
+inline void gram_block(const T* const* v, const T* r0, const T* r1, int64_t L, double (*s)[2]) {
   constexpr int VN = kVN<T>;
   constexpr int64_t kFlush = 32;
-  for (int64_t a = 0; a < Ga; a += 4) {
-    const int64_t na = std::min<int64_t>(4, Ga - a);
-    const T* v[4];
-    for (int64_t k = 0; k < 4; ++k) v[k] = Vm + std::min<int64_t>(a + k, Ga - 1) * L;  // short block: duplicates
+  for (int64_t t0 = 0; t0 < L; t0 += kFlush * VN) {
+    const int64_t t1 = std::min<int64_t>(L, t0 + kFlush * VN);
+    V<T> c0[NA], c1[NA];
+    for (int k = 0; k < NA; ++k) c0[k] = c1[k] = V<T>{};
+    for (int64_t t = t0; t < t1; t += VN) {
+      const V<T> x0 = vload(r0 + t), x1 = vload(r1 + t);
+      for (int k = 0; k < NA; ++k) {
+        const V<T> y = vload(v[k] + t);
+        c0[k] += y * x0;
+        c1[k] += y * x1;
+      }
+    }
+    for (int k = 0; k < NA; ++k) {
+      s[k][0] += hsum<T>(c0[k]);
+      s[k][1] += hsum<T>(c1[k]);
+    }
+  }
+}
+
+template <typename T>
+void gram(const T* Vm, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* out) {
+  constexpr int NA = 6;
+  for (int64_t a = 0; a < Ga; a += NA) {
+    const int64_t na = std::min<int64_t>(NA, Ga - a);
+    const T* v[NA];
+    for (int64_t k = 0; k < NA; ++k) v[k] = Vm + std::min<int64_t>(a + k, Ga - 1) * L;
     for (int64_t b = 0; b < Gb; b += 2) {
       const int64_t nb = std::min<int64_t>(2, Gb - b);
       const T* r0 = R + b * L;
-      const T* r1 = R + std::min<int64_t>(b + 1, Gb - 1) * L;
-      double s[4][2] = {};
-      for (int64_t t0 = 0; t0 < L; t0 += kFlush * VN) {
-        const int64_t t1 = std::min<int64_t>(L, t0 + kFlush * VN);
-        V<T> c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-        for (int64_t t = t0; t < t1; t += VN) {
-          const V<T> x0 = vload(r0 + t), x1 = vload(r1 + t);
-          const V<T> y0 = vload(v[0] + t), y1 = vload(v[1] + t), y2 = vload(v[2] + t), y3 = vload(v[3] + t);
-          c00 += y0 * x0; c01 += y0 * x1;
-          c10 += y1 * x0; c11 += y1 * x1;
-          c20 += y2 * x0; c21 += y2 * x1;
-          c30 += y3 * x0; c31 += y3 * x1;
-        }
-        s[0][0] += hsum<T>(c00); s[0][1] += hsum<T>(c01);
-        s[1][0] += hsum<T>(c10); s[1][1] += hsum<T>(c11);
-        s[2][0] += hsum<T>(c20); s[2][1] += hsum<T>(c21);
-        s[3][0] += hsum<T>(c30); s[3][1] += hsum<T>(c31);
+      const T* r1 = R + std::min<int64_t>(b + 1, Gb - 1) * L;  // short block: duplicate, not stored
+      double s[NA][2] = {};
+      switch (na) {
+        case 6: gram_block<T, 6>(v, r0, r1, L, s); break;
+        case 5: gram_block<T, 5>(v, r0, r1, L, s); break;
+        case 4: gram_block<T, 4>(v, r0, r1, L, s); break;
+        case 3: gram_block<T, 3>(v, r0, r1, L, s); break;
+        case 2: gram_block<T, 2>(v, r0, r1, L, s); break;
+        default: gram_block<T, 1>(v, r0, r1, L, s); break;
       }
       for (int64_t k = 0; k < na; ++k)
         for (int64_t m = 0; m < nb; ++m) out[(a + k) * Gb + b + m] += s[k][m];
