@@ -71,12 +71,15 @@ def _sync(device):
 
 
 def _median_time(fn: Callable[[], None], device, reps: int, budget_s: float) -> float:
-    """Median seconds over ``reps`` runs after one warm-up (fewer runs if one run exceeds the time budget)."""
+    """Median seconds over ``reps`` runs after one warm-up (fewer if over the time budget; the warm-up alone if one
+    run exceeds it)."""
     _sync(device)
     t0 = time.perf_counter()
     fn()
     _sync(device)
     first = time.perf_counter() - t0
+    if first > budget_s:
+        return first  # one run is over the budget: the warm-up is the measurement (slow dense reference)
     n = max(1, min(reps, int(budget_s / max(first, 1e-9))))
     times = []
     for _ in range(n):
@@ -152,9 +155,11 @@ def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget
                 fwd, fwd_bwd = _make_runs(impl, x, w, grid, gy)
                 row = dict(N=n, C=c, H=hw, W=hw, K=k, G=len(grid), layout=layout, impl=impl, runs=chosen,
                            fwd_ms=1e3 * _median_time(fwd, device, reps, budget_s),
-                           fwd_bwd_ms=1e3 * _median_time(fwd_bwd, device, reps, budget_s),
-                           fwd_peak_mb=_peak_bytes(fwd, device) / 2**20,
-                           fwd_bwd_peak_mb=_peak_bytes(fwd_bwd, device) / 2**20)
+                           fwd_bwd_ms=1e3 * _median_time(fwd_bwd, device, reps, budget_s))
+                # memory: one extra profiled run each, skipped when a single run is over the time budget
+                for key, fn in (('fwd', fwd), ('fwd_bwd', fwd_bwd)):
+                    slow = row[f'{key}_ms'] > 1e3 * budget_s
+                    row[f'{key}_peak_mb'] = None if slow else _peak_bytes(fn, device) / 2**20
             except ValueError as err:  # implementation does not support this device/dtype
                 print(f'  skip {impl}: {err}', file=sys.stderr)
                 continue
@@ -187,7 +192,8 @@ def markdown_table(rows: List[Dict]) -> str:
         name = r['impl'] if r['impl'] == r['runs'] else f"{r['impl']} ({r['runs']})"
         lines.append(
             f"| {r['N']},{r['C']},{r['H']}x{r['W']},{r['K']} ({r['G']}) | {r['layout']} | {name} | "
-            f"{r['fwd_ms']:.3g} | {r['fwd_bwd_ms']:.3g} | {r['fwd_peak_mb']:.1f} / {r['fwd_bwd_peak_mb']:.1f} | "
+            f"{r['fwd_ms']:.3g} | {r['fwd_bwd_ms']:.3g} | {_fmt(r['fwd_peak_mb'], '.1f')} / "
+            f"{_fmt(r['fwd_bwd_peak_mb'], '.1f')} | "
             f"{_fmt(r['speedup_vs_dense_nchw_fwd'], '.1f')} / {_fmt(r['speedup_vs_dense_nchw_fwd_bwd'], '.1f')} | "
             f"{_fmt(r['ratio_to_dw7_same_layout_fwd'], '.2f')} / "
             f"{_fmt(r['ratio_to_dw7_same_layout_fwd_bwd'], '.2f')} |")
@@ -218,8 +224,8 @@ def parse_args(argv=None):
     p.add_argument('--batches', type=int, nargs='+', default=[1, 8])
     p.add_argument('--impls', nargs='+', default=IMPLS)
     p.add_argument('--layouts', nargs='+', default=['NCHW', 'channels_last'])
-    p.add_argument('--reps', type=int, default=7, help='timed repetitions (median), fewer for slow runs')
-    p.add_argument('--budget', type=float, default=6.0, help='seconds of timed runs per measurement, at most')
+    p.add_argument('--reps', type=int, default=5, help='timed repetitions (median), fewer for slow runs')
+    p.add_argument('--budget', type=float, default=4.0, help='seconds of timed runs per measurement, at most')
     p.add_argument('--skip-dense', action='store_true', help='leave out the (slow) dense NCHW reference')
     return p.parse_args(argv)
 
