@@ -34,7 +34,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from .check_data import MissingDataError, check_data_paths
 
 __all__ = [
-    'CODEBASES', 'LaunchError', 'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser',
+    'CODEBASES', 'LaunchError', 'check_launcher', 'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser',
     'parse_train_args', 'parse_test_args', 'load_config', 'merge_train_args', 'merge_test_args', 'amp_device_available',
     'resolve_amp', 'prepare_data', 'build_runner', 'train', 'test', 'train_main', 'test_main'
 ]
@@ -420,8 +420,34 @@ def _log(runner, notes: Sequence[str], level=logging.WARNING) -> None:
         print_log(note, logger=runner.logger if runner is not None else 'current', level=level)
 
 
+def check_launcher(launcher: str, environ=None, cuda_available: Optional[bool] = None) -> None:
+    """Clear errors for launcher/environment mismatches that mmengine reports as KeyError/ZeroDivisionError."""
+    environ = os.environ if environ is None else environ
+    if launcher == 'pytorch':
+        missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in environ]
+        if missing:
+            raise LaunchError(f'--launcher pytorch needs the variables torchrun sets ({", ".join(missing)} missing): '
+                              f'start it with tools/dist_train.sh / tools/dist_test.sh CONFIG NPROC, or torchrun '
+                              f'--nproc_per_node=N tools/train.py CONFIG --launcher pytorch; for one process use '
+                              f'--launcher none')
+    elif launcher == 'slurm':
+        if 'SLURM_PROCID' not in environ:
+            raise LaunchError('--launcher slurm must run inside srun (SLURM_PROCID is not set): use '
+                              'tools/slurm_train.sh / tools/slurm_test.sh')
+        if cuda_available is None:
+            import torch
+            cuda_available = torch.cuda.is_available()
+        if not cuda_available:
+            raise LaunchError('--launcher slurm needs GPUs on the node (mmengine selects a CUDA device per task); '
+                              'on CPU-only nodes run tools/dist_train.sh inside the allocation instead '
+                              '(--launcher pytorch with gloo)')
+    elif launcher == 'mpi' and 'OMPI_COMM_WORLD_LOCAL_RANK' not in environ:
+        raise LaunchError('--launcher mpi must run under Open MPI\'s mpirun (OMPI_COMM_WORLD_LOCAL_RANK is not set)')
+
+
 def _prepare(cfg, args, mode: str):
     codebase = get_codebase(cfg, args.config)
+    check_launcher(cfg.get('launcher', 'none'))
     info = prepare_data(cfg, mode, config_name=args.config)  # first: fail fast, before the heavy imports
     register_codebase(codebase)
     if codebase == 'mmdet':

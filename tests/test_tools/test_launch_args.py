@@ -5,7 +5,8 @@ import os
 import pytest
 from mmengine.config import Config
 
-from pelk_mm.apis import (LaunchError, MissingDataError, build_runner, check_data_paths, get_codebase,
+from pelk_mm.apis import (LaunchError, MissingDataError, build_runner, check_data_paths, check_launcher,
+                          get_codebase,
                           merge_test_args, merge_train_args, parse_test_args, parse_train_args, prepare_data,
                           register_codebase, resolve_amp)
 
@@ -253,3 +254,17 @@ def test_prepare_data_generates_demo_then_checks(tmp_path):
                train_dataloader=dict(dataset=dict(ds, data_root=str(tmp_path / 'elsewhere'))), val_dataloader=None)
     with pytest.raises(MissingDataError, match='demo_data generated'):
         prepare_data(bad, 'train')
+
+
+def test_launcher_environment_errors():
+    check_launcher('none', environ={})
+    with pytest.raises(LaunchError, match='RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing.*dist_train.sh'):
+        check_launcher('pytorch', environ={'LOCAL_RANK': '0'})
+    check_launcher('pytorch', environ=dict(RANK='0', WORLD_SIZE='2', MASTER_ADDR='h', MASTER_PORT='1'))
+    with pytest.raises(LaunchError, match='inside srun'):
+        check_launcher('slurm', environ={})
+    with pytest.raises(LaunchError, match='needs GPUs'):
+        check_launcher('slurm', environ=dict(SLURM_PROCID='0'), cuda_available=False)
+    check_launcher('slurm', environ=dict(SLURM_PROCID='0'), cuda_available=True)
+    with pytest.raises(LaunchError, match='mpirun'):
+        check_launcher('mpi', environ={})
