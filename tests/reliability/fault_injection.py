@@ -19,6 +19,7 @@ Use it with ``custom_imports=dict(imports=['pelk_mm', 'fault_injection'])`` and 
 """
 import os
 import signal
+import time
 
 import torch
 from mmengine.dist import get_rank
@@ -61,7 +62,8 @@ class FaultInjectionHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         model.__dict__.pop('parse_losses', None)
         if self.kill_at and runner.iter + 1 == self.kill_at and self._mine():
-            print(f'[fault_injection] SIGKILL at iteration {self.kill_at} (rank {get_rank()})', flush=True)
+            print(f'[fault_injection] SIGKILL at iteration {self.kill_at} (rank {get_rank()}) at t={time.time():.3f}',
+                  flush=True)
             _kill_self()
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):

