@@ -12,7 +12,7 @@ img_size = 64
 
 model = dict(
     backbone=dict(
-        arch=dict(depths=[1, 1, 2, 1], channels=[32, 64, 128, 256],
+        arch=dict(_delete_=True, depths=[1, 1, 2, 1], channels=[32, 64, 128, 256],
                   kernel_sizes=[13, 11, 7, 5], center_sizes=[5, 5, 3, 3]),
         drop_path_rate=0.0),
     head=dict(num_classes=num_classes, in_channels=256),
