@@ -185,3 +185,42 @@ def test_cli_nan_streak_stops_run_with_one_line(demo_cwd, tmp_path, rel):
     ckpt = rel.load(work / 'epoch_1.pth')
     for key in ('state_dict', 'ema_state_dict'):
         assert all(bool(torch.isfinite(v).all()) for v in ckpt[key].values() if v.is_floating_point())
+
+
+@pytest.fixture
+def cpu_amp_wrapper(monkeypatch):
+    """mmengine's AmpOptimWrapper asserts a GPU; on this CPU machine run it with torch's CPU GradScaler (fp16
+    loss scaling works the same way) so that the guard's AMP path is exercised."""
+    import mmengine.optim.optimizer.amp_optimizer_wrapper as amp
+    monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
+    monkeypatch.setattr(amp, 'GradScaler', lambda **kw: torch.amp.GradScaler('cpu', **kw))
+
+
+def _amp_runner(tmp_path, n_iters, bad=(), grad_poison=(), **guard_kw):
+    runner, snaps = _runner(tmp_path, n_iters, bad=bad, grad_poison=grad_poison, **guard_kw)
+    runner.optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', loss_scale='dynamic',
+                                optimizer=dict(type='SGD', lr=0.1, momentum=0.9))
+    return runner, snaps
+
+
+def test_amp_scaler_skips_are_left_to_the_scaler_and_counted(tmp_path, cpu_amp_wrapper):
+    # inf gradients with a finite loss: the GradScaler skips the step and halves the scale; two in a row stop
+    runner, snaps = _amp_runner(tmp_path, 8, grad_poison=(3, 5, 6), max_consecutive=3, max_scaler_skips=2)
+    with pytest.raises(NonFiniteTrainingError, match=r'2 consecutive optimizer steps \(iterations 5-6\) had '
+                                                     r'inf/NaN gradients skipped by the AMP GradScaler'):
+        runner.train()
+    assert type(runner.optim_wrapper).__name__ == 'AmpOptimWrapper'
+    for k in (3, 5):
+        for name, v in snaps.params[k - 1].items():
+            assert torch.equal(v, snaps.params[k - 2][name]), (k, name)
+    assert runner.optim_wrapper.loss_scaler.get_scale() == 65536.0 / 8  # halved three times
+
+
+def test_amp_non_finite_loss_skipped_before_the_scaler(tmp_path, cpu_amp_wrapper):
+    runner, snaps = _amp_runner(tmp_path, 6, bad=(2, 4), max_consecutive=3)
+    runner.train()  # no "No inf checks were recorded" error from GradScaler.update after a skipped step
+    for k in (2, 4):
+        for name, v in snaps.params[k - 1].items():
+            assert torch.equal(v, snaps.params[k - 2][name]), (k, name)
+    assert _finite(snaps.params[-1]) and _finite(snaps.buffers[-1])
+    assert runner.optim_wrapper.loss_scaler.get_scale() == 65536.0  # the scaler never saw the bad steps
