@@ -6,7 +6,8 @@ does nothing unless one of these environment variables is set in the training pr
 ``PELK_FAULT_KILL_AT_ITER=k``
     SIGKILL this process at the end of training iteration ``k`` (1-based, after all other hooks of that
     iteration, i.e. after a checkpoint saved at ``k``). ``PELK_FAULT_RANK=r`` restricts it to rank ``r``
-    (default: every rank).
+    (default: every rank). With ``PELK_FAULT_ONCE_FILE=<path>`` the kill happens only if that file does not exist
+    yet (it is created just before), so a run restarted by ``torchrun --max-restarts`` is not killed again.
 ``PELK_FAULT_KILL_IN_SAVE=n``
     On rank 0, during the ``n``-th checkpoint write: once the bytes reach the file (``os.fsync``), cut the file to
     half its size and SIGKILL the process, i.e. a kill in the middle of writing a checkpoint.
@@ -62,6 +63,11 @@ class FaultInjectionHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         model.__dict__.pop('parse_losses', None)
         if self.kill_at and runner.iter + 1 == self.kill_at and self._mine():
+            once = os.environ.get('PELK_FAULT_ONCE_FILE')
+            if once and os.path.exists(once):
+                return
+            if once:
+                open(once, 'w').close()
             print(f'[fault_injection] SIGKILL at iteration {self.kill_at} (rank {get_rank()}) at t={time.time():.3f}',
                   flush=True)
             _kill_self()

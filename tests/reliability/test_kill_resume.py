@@ -128,3 +128,34 @@ def test_dist_rank_death_teardown_and_exact_resume(cls_configs, demo_cwd, rel):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     a, _ = _assert_same(rel, ref / 'epoch_2.pth', work / 'epoch_2.pth')
     assert a['resume_state']['world_size'] == 2 and len(a['resume_state']['rng']) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_resumes_automatically(cls_configs, demo_cwd, tmp_path, rel):
+    """Long-job recipe: torchrun --max-restarts=1 with ``--resume`` (auto). Rank 1 dies once at iteration 5; the
+    elastic agent restarts both workers, which resume from epoch_1.pth and finish bit-identical to the
+    uninterrupted 2-process run of the test above."""
+    opts = rel.CLS_SHRINK + ['train_cfg.max_epochs=2', 'train_dataloader.batch_size=8',
+                             'env_cfg.dist_cfg.timeout=120']
+    ref = demo_cwd / 'dist_reference'
+    if not (ref / 'epoch_2.pth').exists():
+        r = rel.dist_train(cls_configs[0], 2, ref, demo_cwd, opts)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    work = tmp_path / 'elastic'
+    r = rel.run([rel.PY, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--max-restarts=1',
+                 '--monitor-interval=1', '--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{_port()}',
+                 rel.REPO / 'tools/train.py', cls_configs[0], '--launcher', 'pytorch', '--work-dir', work,
+                 '--resume', '--cfg-options', *opts], cwd=demo_cwd, timeout=600,
+                PELK_FAULT_KILL_AT_ITER=5, PELK_FAULT_RANK=1, PELK_FAULT_ONCE_FILE=tmp_path / 'killed_once')
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert 'SIGKILL at iteration 5 (rank 1)' in out and (tmp_path / 'killed_once').exists()
+    assert 'resumed epoch: 1, iter: ' in rel.log_text(work)
+    _assert_same(rel, ref / 'epoch_2.pth', work / 'epoch_2.pth')
+
+
+def _port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
