@@ -146,7 +146,8 @@ def _check_head(head_cfg, key: str, outs: List[int]) -> None:
         expected = [outs[i] for i in _as_list(in_index)]
     except IndexError:
         _fail(f'{key}.in_index', f'in_index={in_index!r} but the backbone has {len(outs)} outputs (channels '
-              f'{outs})', f'set {key}.in_index within 0..{len(outs) - 1} or add the stage to model.backbone.out_indices')
+              f'{outs})',
+              f'set {key}.in_index within 0..{len(outs) - 1} or add the stage to model.backbone.out_indices')
     expected_value = expected if isinstance(in_channels, (list, tuple)) else expected[0]
     if _as_list(in_channels) != expected:
         _fail(f'{key}.in_channels', f'{in_channels!r} does not match the backbone outputs it reads '

@@ -15,7 +15,7 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
-import pelk_mm.engine  # noqa: F401
+import pelk_mm.engine  # noqa: F401  (registers the hooks)
 from pelk_mm.engine.hooks import ResumeStateHook
 
 

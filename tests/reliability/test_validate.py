@@ -8,7 +8,6 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from pelk_mm.apis.check_data import MissingDataError
 from pelk_mm.apis.validate import ConfigValidationError, resolve_resume, validate_config
 
 CLS = 'configs/demo/pelk_demo_in1k.py'
@@ -127,14 +126,16 @@ def _cli_cases(ckpts):
         'seg_heads': (SEG, ['model.decode_head.in_channels=[16,32,64,64]'], [],
                       'set model.decode_head.in_channels=[16, 32, 64, 128]'),
         'seg_aux': (SEG, ['model.auxiliary_head.in_channels=128'], [], 'set model.auxiliary_head.in_channels=64'),
-        'det_neck': (DET, ['model.neck.in_channels=[32,64,128,128]'], [], 'set model.neck.in_channels=[32, 64, 128, 256]'),
+        'det_neck': (DET, ['model.neck.in_channels=[32,64,128,128]'], [],
+                     'set model.neck.in_channels=[32, 64, 128, 256]'),
         'data_dir': (CLS, ['train_dataloader.dataset.data_root=data/nowhere'], [],
                      'key `train_dataloader.dataset.data_root` points to'),
         'ann_file': (DET, ['train_dataloader.dataset.ann_file=annotations/missing.json'], [],
                      'key `train_dataloader.dataset.ann_file` points to'),
         'pretrained_mismatch': (CLS, [f'{pre}.type=Pretrained', f'{pre}.checkpoint={other}', f'{pre}.prefix=backbone.'],
                                 [], 'does not match model.backbone'),
-        'pretrained_truncated': (CLS, [f'{pre}.type=Pretrained', f'{pre}.checkpoint={trunc}', f'{pre}.prefix=backbone.'],
+        'pretrained_truncated': (CLS, [f'{pre}.type=Pretrained', f'{pre}.checkpoint={trunc}',
+                                       f'{pre}.prefix=backbone.'],
                                  [], f"config key `{pre}.checkpoint`: checkpoint '{trunc}'"),
         'load_from_garbage': (CLS, [f'load_from={garbage}'], [], 'config key `load_from`: checkpoint'),
         'resume_truncated': (CLS, [], ['--resume', str(trunc)], 'is truncated or not a PyTorch checkpoint'),
