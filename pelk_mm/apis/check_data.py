@@ -9,6 +9,7 @@ and how to get the data.
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -112,7 +113,10 @@ def find_missing_data(cfg, mode: str = 'train',
                 seen.add(path)
                 if not osp.exists(path):
                     missing.append((path_key, path, ds))
-    return missing
+    # a missing data_root implies its ann_file/prefixes are missing: report the root only
+    roots = [osp.normpath(p) for _, p, _ in missing]
+    return [m for m in missing
+            if not any(osp.normpath(m[1]).startswith(r + os.sep) for r in roots if r != osp.normpath(m[1]))]
 
 
 def _how_to_get(type_name: str, root: str) -> Tuple[str, Optional[str]]:
