@@ -20,16 +20,6 @@ def constant_prediction_miou(ann_dir):
     return 100.0 * counts.max() / counts.sum() / np.count_nonzero(counts)
 
 
-@pytest.fixture
-def one_thread():
-    """The demo model is tiny: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_demo_training_learns(load_seg_config, tmp_path, one_thread):
     from mmengine.runner import Runner

@@ -23,7 +23,7 @@ def seg_batch(n=2, size=64, num_classes=150, seed=0):
     return dict(inputs=inputs, data_samples=samples)
 
 
-def test_t_config_one_iteration(load_seg_config):
+def test_t_config_one_iteration(load_seg_config, one_thread):
     from mmseg.registry import MODELS
     cfg = load_seg_config('t')
     cfg.model.backbone.init_cfg = None
