@@ -268,3 +268,21 @@ def test_bad_model_raises():
         build(too_deep, decay_rate=RATE, decay_type='layer_wise', num_layers=6)
     with pytest.raises(ValueError, match=r'num_layers=3 is too small .* stage_wise id 4'):
         build(ToySegmentor(tiny_pelk()), decay_rate=RATE, decay_type='stage_wise', num_layers=3)
+
+
+def test_mmpretrain_image_classifier_fine_tune_style():
+    """An mmpretrain fine-tuning config: ImageClassifier + `layer_decay_rate`, mmpretrain default scope."""
+    from mmpretrain.registry import MODELS as CLS_MODELS
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = CLS_MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='pelk_mm.PeLK', arch=dict(depths=[1, 1, 4, 1], channels=[8, 8, 16, 16],
+                                                         kernel_sizes=[7, 7, 5, 5], center_sizes=[3, 3, 3, 3])),
+            head=dict(type='LinearClsHead', num_classes=4, in_channels=16)))
+        ow = build(model, layer_decay_rate=RATE)
+    got = per_param(ow)
+    assert got['head.fc.weight'][1:3] == (1.0, BASE_WD) and got['head.fc.bias'][1:3] == (1.0, 0.0)
+    assert got['backbone.norm3.weight'][1:3] == (1.0, 0.0)  # the classification output norm: top layer
+    assert got['backbone.downsample_layers.0.0.weight'][1:3] == (RATE ** 7, BASE_WD)
+    assert got['backbone.stages.2.3.pointwise_conv1.weight'][1] == RATE ** (7 - 4)
+    assert got['backbone.stages.0.kpe'][1:3] == (RATE ** 6, BASE_WD)
