@@ -6,7 +6,7 @@
 #
 #   python tools/train.py configs/demo/pelk_demo_cascade_mask_rcnn_coco.py
 #   python tools/test.py configs/demo/pelk_demo_cascade_mask_rcnn_coco.py \
-#       work_dirs/pelk_demo_cascade_mask_rcnn_coco/epoch_24.pth --show-dir vis
+#       work_dirs/pelk_demo_cascade_mask_rcnn_coco/epoch_12.pth --show-dir vis
 #   bash tools/dist_train.sh configs/demo/pelk_demo_cascade_mask_rcnn_coco.py 2     # 2 CPU processes (gloo)
 _base_ = '../pelk_t_cascade_mask_rcnn_coco.py'
 
@@ -14,12 +14,12 @@ demo_data = dict(kind='coco', root='data/demo')
 data_root = 'data/demo/coco/'
 demo_classes = ('stop sign', 'sports ball', 'kite', 'tv')  # = pelk_mm.datasets.COCO_DEMO_CLASSES
 num_classes = len(demo_classes)
-width = 64  # FPN / RoI head width (256 in the full config)
+width = 32  # FPN / RoI head width (256 in the full config)
 
 # ------------------------------------------------------------------------------------------------ model
 model = dict(
     backbone=dict(
-        arch=dict(depths=[1, 1, 2, 1], channels=[32, 64, 128, 256], kernel_sizes=[13, 11, 9, 5],
+        arch=dict(_delete_=True, depths=[1, 1, 2, 1], channels=[32, 64, 128, 256], kernel_sizes=[13, 11, 9, 5],
                   center_sizes=[3, 3, 3, 3]),
         drop_path_rate=0.1,  # 5 blocks instead of 18
         init_cfg=None),      # trained from scratch
@@ -37,7 +37,7 @@ model = dict(
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
         rpn_proposal=dict(nms_pre=500, max_per_img=300),
-        rcnn=[dict(stage, sampler=dict(stage.sampler, num=128)) for stage in _base_.model.train_cfg.rcnn]),
+        rcnn=[dict(stage, sampler=dict(stage.sampler, num=64)) for stage in _base_.model.train_cfg.rcnn]),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100)))
 
 # ------------------------------------------------------------------------------------------------ data
@@ -77,15 +77,15 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
 # ------------------------------------------------------------------------------------------------ schedule
-max_epochs = 24  # 15 iterations each
-train_cfg = dict(max_epochs=max_epochs, val_interval=8)
+max_epochs = 12  # 15 iterations each
+train_cfg = dict(max_epochs=max_epochs, val_interval=4)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[18, 22], gamma=0.1),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1),
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3))  # from scratch at batch 4 (2e-4 fine-tunes a pretrained net)
+optim_wrapper = dict(optimizer=dict(lr=2e-3))  # from scratch at batch 4 (2e-4 fine-tunes a pretrained net)
 auto_scale_lr = dict(base_batch_size=4)
 
 default_hooks = dict(
     logger=dict(interval=5),
-    checkpoint=dict(interval=8, max_keep_ckpts=1))
+    checkpoint=dict(interval=4, max_keep_ckpts=1))

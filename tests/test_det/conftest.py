@@ -21,12 +21,23 @@ def repo_root() -> str:
 
 
 @pytest.fixture(scope='session')
+def det_config_path():
+    """``det_config_path(name)`` -> the repository-relative path of ``DET_CONFIGS[name]``."""
+    return DET_CONFIGS.__getitem__
+
+
+@pytest.fixture(scope='session')
 def load_det_config():
-    """``load_det_config(name)`` -> the parsed :class:`mmengine.Config` of ``DET_CONFIGS[name]``."""
+    """``load_det_config(name)`` -> the parsed :class:`mmengine.Config` of ``DET_CONFIGS[name]`` (a fresh copy)."""
+    import copy
+
     from mmengine.config import Config
+    cache = {}
 
     def load(name: str):
-        return Config.fromfile(osp.join(REPO, DET_CONFIGS[name]))
+        if name not in cache:
+            cache[name] = Config.fromfile(osp.join(REPO, DET_CONFIGS[name]))
+        return copy.deepcopy(cache[name])
 
     return load
 

@@ -94,24 +94,67 @@ KERNELS = {'t': [51, 49, 47, 13], 's': [51, 49, 47, 13], 'b': [51, 49, 47, 13], 
 
 @pytest.mark.parametrize('size', sorted(ROWS))
 def test_config_builds(load_det_config, size):
-    """Every config builds (random init) with the paper's kernels, and its backbone outputs have the widths the FPN
-    expects."""
+    """Every config builds (random init) with the paper's kernels, and the FPN takes the backbone's output widths
+    (checked on the built modules; test_det_train_step runs the T model end to end)."""
     from mmdet.registry import MODELS
-    from mmengine.model import revert_sync_batchnorm
     from pelk_mm.models.layers.peripheral_conv import PeripheralConv2d
 
     cfg = load_det_config(size)
-    model = revert_sync_batchnorm(MODELS.build(_without_init(cfg.model)))
+    model = MODELS.build(_without_init(cfg.model))
     assert type(model).__name__ == 'CascadeRCNN'
     assert type(model.backbone).__name__ == 'PeLK'
     convs = [m for m in model.backbone.modules() if isinstance(m, PeripheralConv2d)]
+    assert len(convs) == sum(model.backbone.depths)
     assert sorted({m.kernel_size for m in convs}) == sorted(KERNELS[size])
     assert {m.center_size for m in convs} == ({7} if size == 'b101' else {5})
+    assert {type(m.norm).__name__ for m in convs} == {'SyncBatchNorm'}  # reverted to BN off-GPU by the Runner
     assert all(b.with_cp for stage in model.backbone.stages for b in stage)
-    model.eval()
-    with torch.no_grad():
-        feats = model.backbone(torch.rand(1, 3, 64, 64))
-        outs = model.neck(feats)
-    assert [f.shape[1] for f in feats] == cfg.model.neck.in_channels
-    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
-    assert len(outs) == 5 and all(o.shape[1] == 256 for o in outs)
+    out_widths = [getattr(model.backbone, f'norm{i}').weight.shape[0] for i in range(4)]
+    assert not hasattr(model.backbone, 'norm4')
+    assert [conv.conv.in_channels for conv in model.neck.lateral_convs] == out_widths == ROWS[size][2]
+    assert [len(h.shared_convs) for h in model.roi_head.bbox_head] == [4, 4, 4]
+
+
+def test_demo_config_only_shrinks_t(load_det_config):
+    """The CPU demo inherits the T recipe and only shrinks it (data, widths, scales, schedule)."""
+    from pelk_mm.datasets import COCO_DEMO_CLASSES
+
+    demo, t = load_det_config('demo'), load_det_config('t')
+    assert demo.demo_data == dict(kind='coco', root='data/demo')
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert demo[loader].dataset.data_root == 'data/demo/coco/'
+        assert tuple(demo[loader].dataset.metainfo.classes) == COCO_DEMO_CLASSES
+    assert demo.val_evaluator.ann_file == 'data/demo/coco/annotations/instances_val2017.json'
+    heads = demo.model.roi_head.bbox_head
+    assert [h.num_classes for h in heads] + [demo.model.roi_head.mask_head.num_classes] == [4] * 4
+    for head, t_head in zip(heads, t.model.roi_head.bbox_head):
+        for key in ('type', 'num_shared_convs', 'num_shared_fcs', 'loss_bbox', 'bbox_coder', 'reg_decoded_bbox'):
+            assert head[key] == t_head[key]
+    assert demo.model.backbone.type == t.model.backbone.type and demo.model.backbone.init_cfg is None
+    assert demo.model.backbone.with_cp is True  # exercised under DDP by tools/dist_train.sh
+    assert demo.optim_wrapper.constructor == t.optim_wrapper.constructor
+    assert demo.optim_wrapper.paramwise_cfg == t.optim_wrapper.paramwise_cfg
+    assert [len(s.sampler) for s in demo.model.train_cfg.rcnn] == [len(s.sampler) for s in t.model.train_cfg.rcnn]
+    assert [s.assigner.pos_iou_thr for s in demo.model.train_cfg.rcnn] == [0.5, 0.6, 0.7]
+    choice = next(p for p in demo.train_dataloader.dataset.pipeline if p.type == 'RandomChoice')
+    assert len(choice.transforms) == 2  # multi-scale | resize-crop-resize, as the full config
+
+
+def test_demo_model_trains_and_every_param_gets_a_gradient(load_det_config):
+    """One step of the demo model (what tools/dist_train.sh runs under DDP): finite loss, no parameter without a
+    gradient, so DistributedDataParallel needs no find_unused_parameters."""
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmengine.model import revert_sync_batchnorm
+
+    cfg = load_det_config('demo')
+    torch.manual_seed(0)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.init_weights()
+    model.train()
+    packed = demo_mm_inputs(batch_size=2, image_shapes=[(3, 160, 160)] * 2, num_items=[2, 3], num_classes=4,
+                            with_mask=True)
+    loss, _ = model.parse_losses(model(**model.data_preprocessor(packed, True), mode='loss'))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

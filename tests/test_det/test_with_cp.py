@@ -67,13 +67,10 @@ def test_with_cp_same_outputs_and_grads(load_det_config, norm_eval):
     without_cp.train()
     # drop path of the config (0.4) is active in train mode
     assert max(b.drop_path.drop_prob for s in with_cp.stages for b in s if hasattr(b.drop_path, 'drop_prob')) > 0
-    x = torch.randn(2, 3, 96, 96)
+    x = torch.randn(2, 3, 64, 64)
     ref = _run(without_cp, x, seed=1)
     got = _run(with_cp, x, seed=1)
     _assert_same(ref, got, f'norm_eval={norm_eval}')
-    # the test is sensitive: another drop-path draw changes the result
-    other = _run(copy.deepcopy(without_cp), x, seed=2)
-    assert not torch.allclose(ref[0][-1], other[0][-1], atol=1e-4)
 
     bufs_ref = dict(without_cp.named_buffers())
     bufs_cp = dict(with_cp.named_buffers())
@@ -86,6 +83,11 @@ def test_with_cp_same_outputs_and_grads(load_det_config, norm_eval):
         counts = {int(bufs_cp[n.replace('running_mean', 'num_batches_tracked')]) for n in bn_running}
         counts_ref = {int(bufs_ref[n.replace('running_mean', 'num_batches_tracked')]) for n in bn_running}
         assert counts_ref == {1} and counts == {2}
+    # the comparison is sensitive: another drop-path draw gives another result
+    torch.manual_seed(2)
+    with torch.no_grad():
+        other = copy.deepcopy(without_cp)(x)
+    assert not torch.allclose(ref[0][-1], other[-1], atol=1e-4)
 
 
 def test_with_cp_eval_forward_identical(load_det_config):
