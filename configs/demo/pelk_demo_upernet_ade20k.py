@@ -5,6 +5,7 @@
 # 128x128 images with 5 ADE classes (sky, tree, road, grass, car); num_classes stays 150.
 #   python tools/train.py configs/demo/pelk_demo_upernet_ade20k.py
 #   python tools/test.py configs/demo/pelk_demo_upernet_ade20k.py work_dirs/pelk_demo_upernet_ade20k/iter_300.pth
+# (on a CPU shared with other jobs, OMP_NUM_THREADS=1 is several times faster: the model is tiny)
 _base_ = '../pelk_t_upernet_ade20k.py'
 demo_data = dict(kind='ade20k', root='data/demo')
 data_root = 'data/demo/ade/ADEChallengeData2016'
