@@ -183,8 +183,10 @@ def test_cli_nan_streak_stops_run_with_one_line(demo_cwd, tmp_path, rel):
     log = rel.log_text(work)
     assert re.search(r'iteration 2: non-finite loss \(nan\)[^\n]*optimizer step skipped', log), log[-3000:]
     assert not re.search(r'iteration [34]: non-finite', log)  # isolated bad batch: training went on
-    assert sorted(p.name for p in work.glob('epoch_*.pth')) == ['epoch_1.pth']
-    ckpt = rel.load(work / 'epoch_1.pth')
+    # 3 iterations per epoch: epoch_2.pth (iteration 6, inside the streak) holds the weights of iteration 4
+    assert sorted(p.name for p in work.glob('epoch_*.pth')) == ['epoch_2.pth']
+    assert 'epoch_2.pth' in err_lines[0]  # the message names the last checkpoint
+    ckpt = rel.load(work / 'epoch_2.pth')
     for key in ('state_dict', 'ema_state_dict'):
         assert all(bool(torch.isfinite(v).all()) for v in ckpt[key].values() if v.is_floating_point())
 
