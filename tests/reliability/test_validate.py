@@ -173,3 +173,29 @@ def test_cli_fails_fast_with_one_line(name, cli_results):
     assert 'Fix:' in errors[0] or 'Dataset not found' in errors[0]
     assert not list(work.glob('*/*.log')), 'the Runner was built before the error'
     assert r.elapsed < 240, f'{r.elapsed:.0f} s'  # start-up (imports) dominates; the check itself: < 10 s
+
+
+def test_unreadable_checkpoint_at_load_time_is_one_line(tmp_path, capsys):
+    """A checkpoint that passes the cheap zip check but cannot be unpickled fails inside the Runner with
+    pelk_mm.compat.CheckpointLoadError; tools/train.py's error layer prints it as one line (status 2)."""
+    import zipfile
+
+    from pelk_mm.apis.errors import run_cli
+    from pelk_mm.compat import load_local_checkpoint
+    path = tmp_path / 'bad_pickle.pth'
+    with zipfile.ZipFile(path, 'w') as zf:
+        zf.writestr('archive/data.pkl', b'\x80\x02garbage')
+    validate_config(Config(dict(load_from=str(path), resume=False)), 'train', check_data=False)  # passes
+    assert run_cli(lambda args: load_local_checkpoint(str(path)), None) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot read checkpoint '{path}'"), err
+
+
+def test_non_user_errors_keep_their_traceback():
+    from pelk_mm.apis.errors import run_cli
+
+    def bug(args):
+        raise ZeroDivisionError('a bug')
+
+    with pytest.raises(ZeroDivisionError):
+        run_cli(bug, None)
