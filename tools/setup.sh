@@ -112,7 +112,17 @@ run requirements "${PIP[@]}" install -r requirements.txt
 step "installing pelk_mm (editable)"
 run pelk-mm "${PIP[@]}" install --no-build-isolation --no-deps -e .
 
-# 6. smoke check: every codebase imports and sees the PeLK backbone
+# 6. the fused C++ peripheral-conv kernel (JIT-built once into ~/.cache/pelk_mm/torch_extensions; pelk_mm falls
+#    back to a PyTorch implementation, with a warning, where it cannot be built)
+step "building pelk_mm's C++ peripheral conv kernel (about a minute, once per CPU type and torch version)"
+run cpp-ext "$PY" -c "
+from pelk_mm.ops import _impl_cpp
+ok = _impl_cpp.extension() is not None
+print('C++ kernel:', 'ready in ' + _impl_cpp.build_dir() if ok else 'unavailable: ' + str(_impl_cpp.unavailable_reason()))
+"
+cat "$LOG_DIR/cpp-ext.log" | grep 'C++ kernel' || true
+
+# 7. smoke check: every codebase imports and sees the PeLK backbone
 step "checking the installation"
 run check "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmengine, mmpretrain, mmseg, mmdet, torch, torchvision  # noqa: F401
