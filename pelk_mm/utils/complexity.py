@@ -36,7 +36,7 @@ aten = torch.ops.aten
 
 @torch.no_grad()
 def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: str = 'all', seed: int = 0,
-              include=(), exclude=()) -> Dict[str, torch.Tensor]:
+              include=(), exclude=(), densities: Optional[Dict[str, float]] = None) -> Dict[str, torch.Tensor]:
     """Zero a random ``sparsity`` fraction of the selected weights in place, as a sparse training run leaves them.
 
     Args:
@@ -47,6 +47,9 @@ def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: 
             :func:`~pelk_mm.utils.sparsity.sparsifiable_params`).
         seed (int): Mask RNG seed.
         include, exclude: Substring filters on parameter names.
+        densities (dict, optional): Explicit per-parameter densities (e.g. from :func:`snip_densities_of`, or
+            those of the pretrained backbone for a downstream model); they replace ``init``. Selected weights
+            without an entry keep density ``1 - sparsity``.
 
     Returns:
         dict: the ``bool`` masks applied (``True`` = kept).
@@ -58,12 +61,39 @@ def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: 
         params = OrderedDict((n, p) for n, p in params.items() if any(s in n for s in include))
     shapes = {n: tuple(p.shape) for n, p in params.items()}
     density = 1 - sparsity
-    densities = uniform_densities(shapes, density) if init == 'uniform' else erk_densities(shapes, density)
+    if densities is not None:
+        densities = {n: float(densities.get(n, density)) for n in shapes}
+    else:
+        densities = uniform_densities(shapes, density) if init == 'uniform' else erk_densities(shapes, density)
     g = torch.Generator().manual_seed(seed)
     masks = build_masks(densities, params, generator=g)
     for n, m in masks.items():
         params[n].mul_(m.to(params[n].dtype))
     return masks
+
+
+def snip_densities_of(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, sparsity: float,
+                      layers: str = 'all', include=(), exclude=()) -> Dict[str, float]:
+    """SLaK's SNIP layer-wise densities for an image classifier at its current (initial) weights: one batch,
+    cross-entropy of ``model(inputs, mode='tensor')`` logits, scores ``|w * dL/dw|``, global top-k at density
+    ``1 - sparsity`` (what :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` does with ``init='snip'``).
+    The model is put in train mode for the batch (BN batch statistics, as in training) and restored after."""
+    from .sparsity import snip_densities
+    sparsity = check_sparsity(sparsity)
+    params = sparsifiable_params(model, layers, exclude)
+    if include:
+        params = OrderedDict((n, p) for n, p in params.items() if any(s in n for s in include))
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        logits = model(inputs, mode='tensor')
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+    scores = {n: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
+              for n, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return snip_densities(scores, 1 - sparsity)
 
 
 def count_params(model: nn.Module) -> Dict[str, int]:
@@ -198,7 +228,8 @@ def _analysis_forward(model: nn.Module, codebase: str, mode: str, x: torch.Tenso
 
 def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init: str = 'uniform',
                           layers: str = 'all', checkpoint: Optional[str] = None, seed: int = 0,
-                          backbone_only: Optional[bool] = None) -> Dict[str, object]:
+                          backbone_only: Optional[bool] = None,
+                          densities: Optional[Dict[str, float]] = None) -> Dict[str, object]:
     """The paper's (SLaK's) non-zero-aware params/FLOPs of a config's model, next to the dense counts.
 
     Builds the model as ``tools/analysis/get_flops.py`` does (peripheral convs traced as dense ``K x K`` convs),
@@ -209,6 +240,8 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
         backbone_only (bool, optional): Sparsify only ``backbone.*`` weights. Default: ``True`` for mmseg/mmdet
             (downstream models fine-tune a sparse pretrained backbone with dense heads), ``False`` for classifiers
             (SLaK masks every 2-D/4-D weight, the classifier head included).
+        densities (dict, optional): Per-parameter densities (e.g. SNIP's, saved from a classifier run; names are
+            matched as they are, so ``backbone.*`` entries carry over to seg/det models). Replace ``init``.
 
     Returns:
         dict: the dense analysis (``flops``, ``params``, ``rows``, ...) plus ``nonzero_flops``, ``nonzero_params``,
@@ -224,7 +257,7 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
     masks = None
     if sparsity is not None:
         masks = sparsify_(model, sparsity, init=init, layers=layers, seed=seed,
-                          include=('backbone.', ) if backbone_only else ())
+                          include=('backbone.', ) if backbone_only else (), densities=densities)
     shape = tuple(shape) if shape else DEFAULT_SHAPES[codebase]
     torch.manual_seed(seed)  # analyze_model draws its input with torch.randn: the same input below
     dense = analyze_model(model, codebase, shape)
@@ -234,6 +267,8 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
     params = count_params(model)
     backbone_params = count_params(model.backbone) if hasattr(model, 'backbone') else None
     result = dict(dense)
+    if densities is not None and sparsity is not None:
+        init = 'given densities'
     result.update(codebase=codebase, sparsity=sparsity, init=init if sparsity is not None else None, layers=layers,
                   backbone_only=backbone_only, masked_tensors=len(masks) if masks is not None else None,
                   nonzero_flops=int(dense['flops']) - macs['saved'], saved_macs=macs['saved'],
@@ -258,3 +293,16 @@ def format_sparse_summary(result: Dict[str, object]) -> str:
         bp = result['backbone_params']
         lines.append(f'  backbone params: non-zero {bp["nonzero"] / 1e6:.3f} M of {bp["total"] / 1e6:.3f} M')
     return '\n'.join(lines)
+
+
+def snip_densities_from_images(model: nn.Module, paths, size: int, sparsity: float, mean=None, std=None,
+                               seed: int = 0) -> Dict[str, float]:
+    """:func:`snip_densities_of` on a batch made of the images ``paths`` (resized to ``size``) with random labels
+    (at initialisation the labels' meaning does not matter; SLaK uses one training batch)."""
+    from .analysis import IMAGENET_MEAN, IMAGENET_STD, load_image
+    x = torch.cat([load_image(p, size, mean or IMAGENET_MEAN, std or IMAGENET_STD) for p in paths])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        num_classes = model(x[:1], mode='tensor').shape[-1]
+    y = torch.randint(0, num_classes, (len(paths), ), generator=g)
+    return snip_densities_of(model, x, y, sparsity)

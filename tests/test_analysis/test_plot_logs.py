@@ -95,3 +95,21 @@ def test_plot_logs_errors(tmp_path, load_tool):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='LocalVisBackend'):
         tool.main([str(tmp_path / 'empty')])
+
+
+PROPOSED_LINES = """
+import importlib.util
+vis_backends = [dict(type='LocalVisBackend')] + (
+    [dict(type='TensorboardVisBackend')] if importlib.util.find_spec('tensorboard') else [])
+visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
+"""
+
+
+def test_proposed_visualizer_lines_parse(tmp_path):
+    """The lines proposed for the classification configs load as a plain mmengine config."""
+    from mmengine.config import Config
+    path = tmp_path / 'vis_cfg.py'
+    path.write_text("_base_ = []\n" + PROPOSED_LINES)
+    cfg = Config.fromfile(str(path))
+    assert [b['type'] for b in cfg.visualizer.vis_backends] == [b['type'] for b in VIS_BACKENDS]
+    assert 'importlib' not in cfg
