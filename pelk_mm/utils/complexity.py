@@ -268,7 +268,7 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
     backbone_params = count_params(model.backbone) if hasattr(model, 'backbone') else None
     result = dict(dense)
     if densities is not None and sparsity is not None:
-        init = 'given densities'
+        init = 'given'
     result.update(codebase=codebase, sparsity=sparsity, init=init if sparsity is not None else None, layers=layers,
                   backbone_only=backbone_only, masked_tensors=len(masks) if masks is not None else None,
                   nonzero_flops=int(dense['flops']) - macs['saved'], saved_macs=macs['saved'],
