@@ -360,11 +360,12 @@ class DynamicSparsityHook(Hook):
         self.num_updates += 1
         self._broadcast()
         self.apply(runner)
-        density = self.density()
+        density = overall_density(self.masks, self._params)  # un-masked (dense) selected layers included
         runner.message_hub.update_scalar('train/sparsity_prune_rate', rate)
         runner.message_hub.update_scalar('train/sparsity_density', density)
         runner.logger.info(f'[sparsity] iter {step}: prune-and-grow #{self.num_updates} with prune rate {rate:.4f}, '
-                           f'{changed} mask entries changed, density {density:.4f}')
+                           f'{changed} mask entries changed; density {self.density():.4f} of the masked weights, '
+                           f'{density:.4f} of all selected weights')
 
     def after_train(self, runner) -> None:
         for handle in self._optim_handles:
