@@ -79,6 +79,8 @@ def test_config_loads_and_builds(path):
     model = shallow_backbone(cfg)
     family = rel(path).split(osp.sep)[0]
     hooks = sparsity_hooks(cfg)
+    types = [h['type'] for h in cfg.custom_hooks]
+    assert types[:3] == ['EMAHook', 'pelk_mm.ResumeStateHook', 'pelk_mm.NonFiniteGuardHook']
     if family == 'table5_sharing_grid' or 'nosparse' in path:
         assert hooks == []
     else:

@@ -8,4 +8,10 @@ train_cfg = dict(max_epochs=120)
 
 sparsity_hook = dict(type='pelk_mm.DynamicSparsityHook', sparsity=0.4, init='snip', update_interval=2000,
                      prune_rate=0.5, growth='random')
-custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'), sparsity_hook]
+# the real config's hooks (EMA, bit-exact resume, non-finite guard) plus dynamic sparsity
+custom_hooks = [
+    dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
+    dict(type='pelk_mm.ResumeStateHook'),
+    dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),
+    sparsity_hook,
+]
