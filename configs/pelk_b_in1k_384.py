@@ -39,3 +39,10 @@ param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, b
                         end=max_epochs)]
 train_cfg = dict(max_epochs=max_epochs)
 auto_scale_lr = dict(base_batch_size=512)
+# fine-tuning keeps the sparse pretrained model's mask fixed (SLaK's downstream practice)
+custom_hooks = [
+    dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
+    dict(type='pelk_mm.ResumeStateHook'),
+    dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),
+    dict(type='pelk_mm.DynamicSparsityHook', fixed_mask=True, include=['backbone.']),
+]

@@ -60,3 +60,4 @@ custom_hooks = [
 default_hooks = dict(logger=dict(type='LoggerHook', interval=9),
                      checkpoint=dict(type='CheckpointHook', interval=4, max_keep_ckpts=2, save_best='auto'))
 randomness = dict(seed=0)
+visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
