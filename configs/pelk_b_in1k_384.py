@@ -2,31 +2,15 @@
 # PeLK's recipe follows), this fine-tunes the 224 model for 30 epochs: AdamW lr 5e-5 at batch 512, wd 1e-8,
 # layer-wise lr decay 0.7, drop path 0.8, no Mixup/CutMix, no warm-up (ConvNeXt TRAINING.md, fine-tuning at 384).
 # Set the 224 checkpoint below or with --cfg-options model.init_cfg.checkpoint=...
-_base_ = './pelk_b_in1k.py'
+_base_ = ['./pelk_b_in1k.py', './_base_/datasets/imagenet_384_pipelines.py']
 
-img_size = 384
 model = dict(
     backbone=dict(drop_path_rate=0.8),
     train_cfg=dict(_delete_=True),
     init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='work_dirs/pelk_b_in1k/epoch_300.pth'))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=img_size, backend='pillow', interpolation='bicubic'),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='RandAugment', policies='timm_increasing', num_policies=2, total_level=10, magnitude_level=9,
-         magnitude_std=0.5, hparams=dict(pad_val=[104, 116, 124], interpolation='bicubic')),
-    dict(type='RandomErasing', erase_prob=0.25, mode='rand', min_area_ratio=0.02, max_area_ratio=1 / 3,
-         fill_color=[103.53, 116.28, 123.675], fill_std=[57.375, 57.12, 58.395]),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_size, backend='pillow', interpolation='bicubic'),  # crop_pct 1.0 at 384
-    dict(type='PackInputs'),
-]
-train_dataloader = dict(batch_size=16, dataset=dict(pipeline=train_pipeline))   # 32 GPUs x 16 = 512
-val_dataloader = dict(batch_size=16, dataset=dict(pipeline=test_pipeline))
+train_dataloader = dict(batch_size=16, dataset=dict(pipeline=_base_.pipelines_384['train']))   # 32 GPUs x 16 = 512
+val_dataloader = dict(batch_size=16, dataset=dict(pipeline=_base_.pipelines_384['test']))
 test_dataloader = val_dataloader
 
 max_epochs = 30
