@@ -46,7 +46,8 @@ def load_local_checkpoint(filename: str, map_location=None):
             f'use another checkpoint (e.g. an earlier epoch_*.pth / iter_*.pth in the same work_dir)') from None
 
 
-def _atomic_write(data, filepath, mode: str, encoding=None) -> None:
+def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
+    """Write ``data`` to ``filepath`` via a temp file in the same folder, fsync and rename (atomic on POSIX)."""
     filepath = str(filepath)
     folder = osp.dirname(osp.abspath(filepath))
     os.makedirs(folder, exist_ok=True)
@@ -70,10 +71,10 @@ def _patch_checkpoint_io() -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
 
     def put(self, obj: bytes, filepath) -> None:
-        _atomic_write(obj, filepath, 'wb')
+        atomic_write(obj, filepath, 'wb')
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        _atomic_write(obj, filepath, 'w', encoding=encoding)
+        atomic_write(obj, filepath, 'w', encoding=encoding)
 
     put.__doc__ = 'Atomically write bytes to ``filepath`` (temp file + fsync + rename; patched by pelk_mm).'
     put_text.__doc__ = 'Atomically write text to ``filepath`` (temp file + fsync + rename; patched by pelk_mm).'

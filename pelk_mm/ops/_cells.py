@@ -58,3 +58,16 @@ def cropped_dense_kernel(weight: torch.Tensor, grid: Sequence[int], h: int, w: i
     idx_w = torch.tensor([i for i, s in enumerate(cropped_grid(cw)) for _ in range(s)], device=weight.device)
     dense = wc.index_select(-2, idx_h).index_select(-1, idx_w)
     return dense, (ch.radius, cw.radius)  # symmetric crop of a centred kernel: still centred
+
+
+def mirror_cells(lo: List[int], hi: List[int]):
+    """Cells of the mirrored kernel (offset ``o -> -o``), as ``(lo, hi)`` lists in increasing order: the
+    grad-input of a structure-aware conv is the same conv with flipped weights over mirrored cells."""
+    return [-h for h in reversed(hi)], [-v for v in reversed(lo)]
+
+
+def save_cells_context(ctx, inputs, output):
+    """``setup_context`` shared by the custom ops ``(x, w, lo_h, hi_h, lo_w, hi_w) -> y``."""
+    x, w, lo_h, hi_h, lo_w, hi_w = inputs
+    ctx.save_for_backward(x, w)
+    ctx.cells = (lo_h, hi_h, lo_w, hi_w)

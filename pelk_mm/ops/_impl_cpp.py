@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._cells import axis_cells, crop_weight
+from ._cells import axis_cells, crop_weight, mirror_cells, save_cells_context
 
 logger = logging.getLogger(__name__)
 
@@ -113,30 +113,19 @@ def _(x, gy, lo_h, hi_h, lo_w, hi_w):
     return x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
 
 
-def _mirror(lo: List[int], hi: List[int]):
-    """Cells of the mirrored kernel (offset ``o -> -o``), as ``(lo, hi)`` lists in increasing order."""
-    return [-h for h in reversed(hi)], [-v for v in reversed(lo)]
-
-
-def _setup_context(ctx, inputs, output):
-    x, w, lo_h, hi_h, lo_w, hi_w = inputs
-    ctx.save_for_backward(x, w)
-    ctx.cells = (lo_h, hi_h, lo_w, hi_w)
-
-
 def _backward(ctx, gy):
     x, w = ctx.saved_tensors
     lo_h, hi_h, lo_w, hi_w = ctx.cells
     gy = gy.contiguous()
     gx = gw = None
     if ctx.needs_input_grad[0]:  # conv with the mirrored kernel: flipped weights over mirrored cells
-        gx = periconv_cpu(gy, w.flip(-2, -1).contiguous(), *_mirror(lo_h, hi_h), *_mirror(lo_w, hi_w))
+        gx = periconv_cpu(gy, w.flip(-2, -1).contiguous(), *mirror_cells(lo_h, hi_h), *mirror_cells(lo_w, hi_w))
     if ctx.needs_input_grad[1]:
         gw = periconv_cpu_grad_w(x, gy, lo_h, hi_h, lo_w, hi_w)
     return gx, gw, None, None, None, None
 
 
-periconv_cpu.register_autograd(_backward, setup_context=_setup_context)
+periconv_cpu.register_autograd(_backward, setup_context=save_cells_context)
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> bool:

@@ -20,7 +20,7 @@ from typing import List, Sequence
 
 import torch
 
-from ._cells import axis_cells, crop_weight
+from ._cells import axis_cells, crop_weight, mirror_cells, save_cells_context
 from ._impl_torch import band_left, band_right
 
 _BW = 32  # W-tile width
@@ -135,30 +135,19 @@ def _(x, w, lo_h, hi_h, lo_w, hi_w):
     return x.new_empty(x.shape)
 
 
-def _mirror(lo: List[int], hi: List[int]):
-    """Cells of the mirrored kernel (offset ``o -> -o``), as ``(lo, hi)`` lists in increasing order."""
-    return [-h for h in reversed(hi)], [-v for v in reversed(lo)]
-
-
-def _setup_context(ctx, inputs, output):
-    x, w, lo_h, hi_h, lo_w, hi_w = inputs
-    ctx.save_for_backward(x, w)
-    ctx.cells = (lo_h, hi_h, lo_w, hi_w)
-
-
 def _backward(ctx, gy):
     x, w = ctx.saved_tensors
     lo_h, hi_h, lo_w, hi_w = ctx.cells
     gy = gy.contiguous()
     gx = gw = None
     if ctx.needs_input_grad[0]:
-        gx = periconv_triton(gy, w.flip(-2, -1).contiguous(), *_mirror(lo_h, hi_h), *_mirror(lo_w, hi_w))
+        gx = periconv_triton(gy, w.flip(-2, -1).contiguous(), *mirror_cells(lo_h, hi_h), *mirror_cells(lo_w, hi_w))
     if ctx.needs_input_grad[1]:
         gw = grad_weight_torch(x, gy, lo_h, hi_h, lo_w, hi_w).to(w.dtype)
     return gx, gw, None, None, None, None
 
 
-periconv_triton.register_autograd(_backward, setup_context=_setup_context)
+periconv_triton.register_autograd(_backward, setup_context=save_cells_context)
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> bool:

@@ -42,10 +42,8 @@ The state is small (about 10 KB per rank).
 """
 from __future__ import annotations
 
-import os
 import os.path as osp
 import random
-import tempfile
 from collections import deque
 from typing import List, Optional
 
@@ -55,6 +53,7 @@ from mmengine.dist import all_gather_object, get_rank, get_world_size, is_distri
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner.loops import EpochBasedTrainLoop
 
+from pelk_mm.compat import atomic_write
 from pelk_mm.registry import HOOKS
 
 __all__ = ['ResumeStateHook', 'capture_rng_state', 'restore_rng_state', 'STATE_KEY']
@@ -85,22 +84,6 @@ def restore_rng_state(state: dict, generator: Optional[torch.Generator] = None) 
             torch.cuda.set_rng_state_all(cuda_states)
     if generator is not None and 'loader_generator' in state:
         generator.set_state(state['loader_generator'].cpu())
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    folder = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 @HOOKS.register_module()
 class ResumeStateHook(Hook):
@@ -193,7 +176,7 @@ class ResumeStateHook(Hook):
                 return
             if is_main_process() and hook.last_ckpt is not None:
                 # mmengine wrote it with open('w'): make the final content durable and atomically replaced
-                _write_text_atomic(osp.join(runner.work_dir, 'last_checkpoint'), str(hook.last_ckpt))
+                atomic_write(str(hook.last_ckpt), osp.join(runner.work_dir, 'last_checkpoint'))
             if rotate:
                 while len(hook.keep_ckpt_ids) > keep:
                     old = hook.keep_ckpt_ids.popleft()
