@@ -13,6 +13,8 @@ any config with ``custom_imports=dict(imports=['pelk_mm'])``) gets them. Each pa
    machines; there the process group is initialised with ``gloo`` and no device is set. Likewise the DDP wrapper
    gets no ``device_ids`` for a CPU model, and SyncBN (CUDA-only in torch) is reverted to BN on CPU as the Runner
    already does for single-process runs.
+4. Under torchrun's elastic agent (``--max-restarts``), the process-group rendezvous keys are namespaced by restart
+   attempt, so restarted workers never read a dead worker's address (see ``elastic_attempt_store``).
 """
 from __future__ import annotations
 
@@ -82,17 +84,45 @@ def _patch_checkpoint_io() -> None:
     LocalBackend.put_text = put_text
 
 
+def elastic_attempt_store(timeout=None):
+    """The store for ``init_process_group`` under a torchrun elastic agent, namespaced by restart attempt.
+
+    torch 2.14's ``env://`` rendezvous connects every worker to the agent's shared TCPStore *without* a per-attempt
+    prefix (``torch/distributed/rendezvous.py``: "We create a new TCPStore for every retry", but the c10d
+    rendezvous handler caches and reuses one server across restarts). After ``--max-restarts`` restarts the
+    workers, the previous attempt's keys are still there: a fast rank 0 reads the dead rank 1's gloo address
+    (or NCCL unique id) and fails with ``connectFullMesh failed ... Connection refused`` after the full timeout.
+    Prefixing the keys with ``TORCHELASTIC_RESTART_COUNT`` (as torch < 2.4 did) makes each attempt rendezvous on
+    its own keys. Returns None outside an elastic agent (plain ``env://`` is used then).
+    """
+    env = os.environ
+    if env.get('TORCHELASTIC_USE_AGENT_STORE') != 'True' or 'TORCHELASTIC_RESTART_COUNT' not in env:
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as torch_dist
+    store = torch_dist.TCPStore(
+        host_name=env['MASTER_ADDR'], port=int(env['MASTER_PORT']), world_size=int(env['WORLD_SIZE']),
+        is_master=False, timeout=timeout or timedelta(minutes=30))
+    return torch_dist.PrefixStore(f'/worker/attempt_{env["TORCHELASTIC_RESTART_COUNT"]}', store)
+
+
 def _patch_cpu_launcher() -> None:
     import mmengine.dist.utils as dist_utils
 
     original = dist_utils._init_dist_pytorch
 
     def _init_dist_pytorch(backend, init_backend='torch', **kwargs) -> None:
-        if torch.cuda.is_available() or init_backend != 'torch':
+        if init_backend != 'torch':
             return original(backend, init_backend=init_backend, **kwargs)
         import torch.distributed as torch_dist
-        if backend == 'nccl':  # the default of every config; NCCL needs GPUs
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
+        elif backend == 'nccl':  # the default of every config; NCCL needs GPUs
             backend = 'gloo'
+        store = elastic_attempt_store(kwargs.get('timeout'))
+        if store is not None:
+            kwargs.update(store=store, rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']))
         torch_dist.init_process_group(backend=backend, **kwargs)
 
     dist_utils._init_dist_pytorch = _init_dist_pytorch

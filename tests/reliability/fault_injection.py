@@ -8,6 +8,10 @@ does nothing unless one of these environment variables is set in the training pr
     iteration, i.e. after a checkpoint saved at ``k``). ``PELK_FAULT_RANK=r`` restricts it to rank ``r``
     (default: every rank). With ``PELK_FAULT_ONCE_FILE=<path>`` the kill happens only if that file does not exist
     yet (it is created just before), so a run restarted by ``torchrun --max-restarts`` is not killed again.
+``PELK_FAULT_SLOW_RESTART=r:s``
+    When this module is imported (config load, before the process group is set up) in rank ``r`` of a worker
+    that torchrun's elastic agent has restarted (``TORCHELASTIC_RESTART_COUNT`` >= 1), sleep ``s`` seconds: a
+    restarted worker that is slow to come up, which exposes rendezvous keys left over from the previous attempt.
 ``PELK_FAULT_KILL_IN_SAVE=n``
     On rank 0, during the ``n``-th checkpoint write: once the bytes reach the file (``os.fsync``), cut the file to
     half its size and SIGKILL the process, i.e. a kill in the middle of writing a checkpoint.
@@ -27,6 +31,19 @@ from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+
+
+def _slow_restart():
+    spec = os.environ.get('PELK_FAULT_SLOW_RESTART')
+    if not spec or int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')) < 1:
+        return
+    rank, seconds = spec.split(':')
+    if os.environ.get('RANK') == rank:
+        print(f'[fault_injection] restarted rank {rank} sleeps {seconds} s before joining', flush=True)
+        time.sleep(float(seconds))
+
+
+_slow_restart()
 
 
 def _iters(spec):
