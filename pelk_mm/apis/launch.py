@@ -406,10 +406,15 @@ def prepare_data(cfg, mode: str, config_name: str = '', logger=None) -> List[str
 
 # --------------------------------------------------------------------------------------------------- runner
 def build_runner(cfg, codebase: str):
-    """``RUNNERS.build(cfg)`` of the codebase when ``runner_type`` is set, else ``Runner.from_cfg(cfg)``."""
+    """``RUNNERS.build(cfg)`` of the codebase when ``runner_type`` is set, else ``Runner.from_cfg(cfg)``.
+
+    The ``runner_type`` is looked up in the codebase's registry (``_scope_``), not in whatever default scope an
+    earlier Runner of the same process left current."""
     if 'runner_type' in cfg:
-        registry = importlib.import_module(f'{codebase}.registry')
-        return registry.RUNNERS.build(cfg)
+        runners = importlib.import_module(f'{codebase}.registry').RUNNERS
+        cfg = cfg.copy()
+        cfg['_scope_'] = runners.scope
+        return runners.build(cfg)
     from mmengine.runner import Runner
     return Runner.from_cfg(cfg)
 

@@ -55,8 +55,13 @@ def test_runner_type_builds_from_codebase_registry():
             obj.cfg = cfg
             return obj
 
-    runner = build_runner(_cfg(runner_type='PelkMMTestRunner', work_dir='w'), 'mmpretrain')
+    # an earlier Runner of this process (another test, a notebook) left mmseg's scope current
+    from mmengine.registry import DefaultScope
+    DefaultScope.get_instance('pelk_mm_test_runner_type_other_scope', scope_name='mmseg')
+    cfg = _cfg(runner_type='PelkMMTestRunner', work_dir='w')
+    runner = build_runner(cfg, 'mmpretrain')
     assert isinstance(runner, Dummy) and runner.cfg.work_dir == 'w'
+    assert '_scope_' not in cfg and '_scope_' not in runner.cfg
 
 
 # ------------------------------------------------------------------------------------------------ train flags

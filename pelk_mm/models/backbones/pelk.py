@@ -4,6 +4,7 @@ configs only swap the backbone ``type``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from itertools import chain
 from typing import Optional, Sequence
@@ -20,6 +21,22 @@ from pelk_mm.registry import MODELS
 from ..layers import KPE_MODES, LayerNorm2d, PartialPeripheralConv
 
 
+@contextlib.contextmanager
+def _keep_bn_running_stats(module: nn.Module):
+    """Let the BatchNorms of ``module`` run (batch statistics in train mode) but restore their running statistics
+    and counters on exit: the recomputation of an activation-checkpointed block must not count the batch twice."""
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in bns]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(bns, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 class PeLKBlock(BaseModule):
     """One PeLK block: partial peripheral conv -> LN -> Linear(4C) -> GELU -> Linear(C) -> layer scale -> drop path,
     with a residual connection (SLaK/ConvNeXt block with PeLK's token mixer).
@@ -30,7 +47,9 @@ class PeLKBlock(BaseModule):
         mlp_ratio (float): Hidden width of the MLP as a multiple of ``C``. Defaults to 4.
         drop_path_rate (float): Stochastic depth rate. Defaults to 0.
         layer_scale_init_value (float): Init of the per-channel layer scale; ``0`` disables it. Defaults to 1e-6.
-        with_cp (bool): Activation checkpointing. Defaults to False.
+        with_cp (bool): Activation checkpointing: the block's activations are recomputed in the backward pass
+            (non-reentrant ``torch.utils.checkpoint``); BatchNorm running statistics are updated once per forward,
+            as without it. Defaults to False.
         **mixer_kwargs: ``conv_ratio``, ``center_size``, ``base``, ``half_grid``, ``small_kernel``, ``kpe_mode``,
             ``norm_cfg`` and ``conv_impl`` of :class:`PartialPeripheralConv`.
 
@@ -64,7 +83,9 @@ class PeLKBlock(BaseModule):
 
     def forward(self, x: torch.Tensor, kpe: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, kpe, use_reentrant=False)
+            # the recomputation in backward sees the same batch: it must not update BN running stats again
+            return cp.checkpoint(self._forward, x, kpe, use_reentrant=False,
+                                 context_fn=lambda: (contextlib.nullcontext(), _keep_bn_running_stats(self)))
         return self._forward(x, kpe)
 
 
