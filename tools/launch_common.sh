@@ -1,0 +1,48 @@
+# Shared by tools/dist_{train,test}.sh and tools/slurm_{train,test}.sh (sourced, not run).
+# Interpreter: $PYTHON if set, else <repo>/.venv/bin/python if present, else python. The repo goes on PYTHONPATH.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "$PYTHON" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+export PYTHONPATH="$ROOT":$PYTHONPATH
+
+# usage_unless MIN_ARGS USAGE "$@": print the usage line and exit 1 when fewer than MIN_ARGS arguments are given
+usage_unless() {
+    local min=$1 usage=$2
+    shift 2
+    if [ $# -lt "$min" ]; then
+        echo "usage: $(basename "$0") $usage" >&2
+        exit 1
+    fi
+}
+
+# torchrun_tool NPROC TOOL ARGS...: tools/TOOL under torchrun, one process per GPU (gloo on CPU-only machines).
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR (default 127.0.0.1), PORT (default 29500).
+torchrun_tool() {
+    local nproc=$1 tool=$2
+    shift 2
+    exec "$PYTHON" -m torch.distributed.run \
+        --nnodes="${NNODES:-1}" \
+        --node_rank="${NODE_RANK:-0}" \
+        --master_addr="${MASTER_ADDR:-127.0.0.1}" \
+        --master_port="${PORT:-29500}" \
+        --nproc_per_node="$nproc" \
+        "$ROOT/tools/$tool" "$@"
+}
+
+# srun_tool PARTITION JOB_NAME TOOL ARGS...: tools/TOOL as a SLURM job step (mmpretrain/mmdet layout):
+# GPUS (default 8) tasks, GPUS_PER_NODE (8) per node, CPUS_PER_TASK (5) each, extra srun flags in SRUN_ARGS.
+srun_tool() {
+    local partition=$1 job_name=$2 tool=$3
+    shift 3
+    set -x
+    srun -p "$partition" \
+        --job-name="$job_name" \
+        --gres=gpu:"${GPUS_PER_NODE:-8}" \
+        --ntasks="${GPUS:-8}" \
+        --ntasks-per-node="${GPUS_PER_NODE:-8}" \
+        --cpus-per-task="${CPUS_PER_TASK:-5}" \
+        --kill-on-bad-exit=1 \
+        ${SRUN_ARGS} \
+        "$PYTHON" -u "$ROOT/tools/$tool" "$@"
+}
