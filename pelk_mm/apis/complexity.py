@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['DEFAULT_SHAPES', 'broadcast_matmul_flop_jit', 'build_model_for_analysis', 'analyze_model',
+__all__ = ['DEFAULT_SHAPES', 'broadcast_matmul_flop_jit', 'build_model_for_analysis', 'analyze_model', 'limit_mask_rois',
            'analyze_config', 'format_table']
 
 #: default input (H, W) per codebase
@@ -73,8 +73,39 @@ def dense_equivalent_extra_params(model: nn.Module) -> Dict[str, int]:
     return out
 
 
-def build_model_for_analysis(cfg) -> Tuple[nn.Module, str]:
-    """Build ``cfg.model`` in its codebase's scope, without pretrained weights, SyncBN reverted, eval mode."""
+def limit_mask_rois(model: nn.Module, num_rois: int) -> None:
+    """Feed only the first ``num_rois`` RoIs to the mask head(s) of an mmdet two-stage detector.
+
+    mmdet 3's tensor-mode ``_forward`` runs every mask head on all RPN proposals (1000 per image); mmdet 2's
+    ``forward_dummy``, which produced the FLOPs of the Swin/ConvNeXt/PeLK detection tables, sent 1000 proposals
+    through the bbox heads but only the first 100 through the mask heads. ``num_rois=100`` reproduces that
+    convention in one traced run (for analysis only: the other RoIs get zero mask logits). Works for
+    ``StandardRoIHead`` and ``CascadeRoIHead`` (one mask head per stage).
+    """
+    if num_rois < 1:
+        raise ValueError(f'mask_rois must be a positive number of RoIs, got {num_rois}')
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is None or not getattr(roi_head, 'with_mask', False):
+        raise ValueError(f'mask_rois={num_rois} needs a detector with a mask RoI head '
+                         f'({type(model).__name__} has none)')
+    heads = roi_head.mask_head if isinstance(roi_head.mask_head, nn.ModuleList) else [roi_head.mask_head]
+    for head in heads:
+        original = head.forward
+
+        def forward(x, *args, _original=original, **kwargs):
+            # the first ``num_rois`` RoIs through the head; zeros for the rest keep the (R, ...) shape that the
+            # RoI head splits per image (building them costs no multiply-adds)
+            out = _original(x[:num_rois], *args, **kwargs)
+            if x.shape[0] <= num_rois:
+                return out
+            return torch.cat([out, out.new_zeros((x.shape[0] - out.shape[0], ) + tuple(out.shape[1:]))])
+
+        head.forward = forward
+
+
+def build_model_for_analysis(cfg, mask_rois: Optional[int] = None) -> Tuple[nn.Module, str]:
+    """Build ``cfg.model`` in its codebase's scope, without pretrained weights, SyncBN reverted, eval mode;
+    ``mask_rois`` limits the RoIs of a detector's mask heads (:func:`limit_mask_rois`)."""
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
 
@@ -92,6 +123,11 @@ def build_model_for_analysis(cfg) -> Tuple[nn.Module, str]:
     model = registry.MODELS.build(model_cfg)
     model = revert_sync_batchnorm(model)
     force_dense_peripheral_conv(model)
+    if mask_rois is not None:
+        if codebase != 'mmdet':
+            raise ValueError(f'mask_rois={mask_rois} applies to mmdet detectors, not to a {codebase} model')
+        limit_mask_rois(model, mask_rois)
+        model.analysis_mask_rois = mask_rois
     model.eval()
     return model, codebase
 
@@ -142,6 +178,8 @@ def analyze_model(model: nn.Module, codebase: str, shape: Sequence[int]) -> Dict
                 wrapper(x)  # cheap sanity run; jit errors are caught below as well
             fa = _flop_analyzer(wrapper, x)
             mode = 'whole detector (_forward: backbone + neck + heads, no post-processing)'
+            if getattr(model, 'analysis_mask_rois', None):
+                mode += f'; mask heads on the first {model.analysis_mask_rois} RoIs (mmdet 2 forward_dummy)'
         except Exception as err:  # noqa: BLE001 - fall back to the part that always traces
             notes.append(f'whole-detector trace failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); '
                          f'counted backbone + neck only')
@@ -211,9 +249,11 @@ def load_weights(model: nn.Module, checkpoint: str) -> None:
     load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='silent')
 
 
-def analyze_config(cfg, shape: Optional[Sequence[int]] = None, checkpoint: Optional[str] = None) -> Dict[str, Any]:
-    """Build ``cfg.model`` (optionally load ``checkpoint``) and analyse it at ``shape`` (default per codebase)."""
-    model, codebase = build_model_for_analysis(cfg)
+def analyze_config(cfg, shape: Optional[Sequence[int]] = None, checkpoint: Optional[str] = None,
+                   mask_rois: Optional[int] = None) -> Dict[str, Any]:
+    """Build ``cfg.model`` (optionally load ``checkpoint``) and analyse it at ``shape`` (default per codebase);
+    ``mask_rois``: see :func:`limit_mask_rois`."""
+    model, codebase = build_model_for_analysis(cfg, mask_rois)
     if checkpoint:
         load_weights(model, checkpoint)
     shape = tuple(shape) if shape else DEFAULT_SHAPES[codebase]

@@ -229,7 +229,8 @@ def _analysis_forward(model: nn.Module, codebase: str, mode: str, x: torch.Tenso
 def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init: str = 'uniform',
                           layers: str = 'all', checkpoint: Optional[str] = None, seed: int = 0,
                           backbone_only: Optional[bool] = None,
-                          densities: Optional[Dict[str, float]] = None) -> Dict[str, object]:
+                          densities: Optional[Dict[str, float]] = None,
+                          mask_rois: Optional[int] = None) -> Dict[str, object]:
     """The paper's (SLaK's) non-zero-aware params/FLOPs of a config's model, next to the dense counts.
 
     Builds the model as ``tools/analysis/get_flops.py`` does (peripheral convs traced as dense ``K x K`` convs),
@@ -242,13 +243,15 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
             (SLaK masks every 2-D/4-D weight, the classifier head included).
         densities (dict, optional): Per-parameter densities (e.g. SNIP's, saved from a classifier run; names are
             matched as they are, so ``backbone.*`` entries carry over to seg/det models). Replace ``init``.
+        mask_rois (int, optional): Detectors: run the mask heads on the first ``mask_rois`` RoIs only (mmdet 2's
+            ``forward_dummy`` convention of the papers' tables; :func:`pelk_mm.apis.complexity.limit_mask_rois`).
 
     Returns:
         dict: the dense analysis (``flops``, ``params``, ``rows``, ...) plus ``nonzero_flops``, ``nonzero_params``,
         ``slak_params`` (2-D/4-D non-zeros only), ``saved_macs`` and the sparsity settings.
     """
     from pelk_mm.apis.complexity import DEFAULT_SHAPES, analyze_model, build_model_for_analysis
-    model, codebase = build_model_for_analysis(cfg)
+    model, codebase = build_model_for_analysis(cfg, mask_rois)
     if checkpoint is not None:
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='current')

@@ -98,3 +98,28 @@ def test_cli_json(tmp_path, tools, capsys):
     data = json.loads(out.read_text())
     assert data['input_shape'] == [1, 3, 64, 64] and data['flops'] > 0
     assert data['rows']['  stage 0']['peripheral_conv_flops'] == pytest.approx(_hand_count(64)[0], rel=0.02)
+
+
+def test_mask_rois_limits_only_the_mask_heads(tools):
+    """``mask_rois`` (mmdet 2 ``forward_dummy`` convention): each cascade stage's mask head sees ``n`` RoIs, its
+    FLOPs are ``n`` x the FLOPs of one RoI (counted on the mask head alone); every other row is unchanged."""
+    import torch
+    from mmengine.analysis import FlopAnalyzer
+    from mmengine.registry import MODELS
+
+    cfg = Config.fromfile(str(tools.REPO / 'configs/demo/pelk_demo_cascade_mask_rcnn_coco.py'))
+    n = 7
+    full = analyze_config(cfg, (96, 128))
+    limited = analyze_config(cfg, (96, 128), mask_rois=n)
+    assert 'first 7 RoIs' in limited['mode'] and 'first' not in full['mode']
+    for name in ('backbone', 'neck', 'rpn_head'):
+        assert limited['rows'][name]['flops'] == full['rows'][name]['flops'] > 0
+    mask_head = MODELS.build(cfg.model.roi_head.mask_head[0] if isinstance(cfg.model.roi_head.mask_head, list)
+                             else cfg.model.roi_head.mask_head).eval()
+    per_roi = FlopAnalyzer(mask_head, (torch.randn(1, cfg.width, 14, 14), )).total()
+    stages = cfg.model.roi_head.num_stages
+    saved = full['rows']['roi_head']['flops'] - limited['rows']['roi_head']['flops']
+    proposals = saved // (stages * per_roi) + n  # RoIs the mask heads saw without the limit
+    assert saved == stages * (proposals - n) * per_roi and proposals > n
+    with pytest.raises(ValueError, match='mask_rois=5 applies to mmdet detectors'):
+        analyze_config(Config.fromfile(str(tools.REPO / 'configs/demo/pelk_demo_in1k.py')), mask_rois=5)

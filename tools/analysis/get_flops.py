@@ -43,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument('--dump-densities', metavar='JSON', help='write the per-parameter densities used')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value pairs')
+    parser.add_argument('--mask-rois', type=int, default=None, metavar='N',
+                        help='detectors: run the mask heads on the first N RoIs only (100 = mmdet 2 forward_dummy, '
+                             'the convention of the papers\' detection FLOPs); default: all RPN proposals')
     parser.add_argument('--json', metavar='OUT', help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     if args.shape is not None:
@@ -75,7 +78,7 @@ def _sparse_counts(cfg, args) -> dict:
         densities = snip_densities_from_images(model, find_images(None, args.snip_images), size, args.sparsity)
     sparse = analyze_config_sparse(cfg, args.shape, sparsity=args.sparsity, init=args.sparse_init
                                    if args.sparse_init != 'snip' else 'uniform', checkpoint=args.checkpoint,
-                                   densities=densities)
+                                   densities=densities, mask_rois=args.mask_rois)
     if args.dump_densities and densities is not None:
         with open(args.dump_densities, 'w') as f:
             json.dump(densities, f, indent=1)
@@ -95,8 +98,8 @@ def main(argv=None) -> int:
     try:
         if args.checkpoint and not osp.isfile(args.checkpoint):
             raise LaunchError(f'checkpoint {args.checkpoint!r} does not exist')
-        result = analyze_config(cfg, args.shape, args.checkpoint)
-    except LaunchError as err:
+        result = analyze_config(cfg, args.shape, args.checkpoint, mask_rois=args.mask_rois)
+    except (LaunchError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     split = '=' * 80
