@@ -123,3 +123,19 @@ def test_mask_rois_limits_only_the_mask_heads(tools):
     assert saved == stages * (proposals - n) * per_roi and proposals > n
     with pytest.raises(ValueError, match='mask_rois=5 applies to mmdet detectors'):
         analyze_config(Config.fromfile(str(tools.REPO / 'configs/demo/pelk_demo_in1k.py')), mask_rois=5)
+
+
+def test_snip_counts_are_repeatable_and_follow_the_seed(tmp_path, tools, capsys):
+    """SNIP densities depend on the initial weights: ``--seed`` fixes them, so two runs print the same counts."""
+    tool = _load_tool(tools.REPO / 'tools/analysis/get_flops.py')
+    runs = {}
+    for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+        dens = tmp_path / f'{name}.json'
+        args = [str(tools.TINY_CLS), '--shape', '64', '--sparsity', '0.4', '--sparse-init', 'snip',
+                '--snip-images', '4', '--seed', str(seed), '--dump-densities', str(dens),
+                '--json', str(tmp_path / f'{name}_flops.json')]
+        assert tool.main(args) == 0
+        runs[name] = (json.loads(dens.read_text()), json.loads((tmp_path / f'{name}_flops.json').read_text()))
+    assert runs['a'] == runs['b']
+    assert runs['a'][1]['sparse']['nonzero_flops'] < runs['a'][1]['flops']
+    assert runs['a'][0] != runs['c'][0]  # another initialisation, other SNIP densities

@@ -37,6 +37,8 @@ def parse_args(argv=None):
                         help='layer-wise densities for --sparsity: uniform, ERK, or SNIP at init on --snip-images '
                              'demo images (SLaK default; classifier configs only)')
     parser.add_argument('--snip-images', type=int, default=8, help='batch size of the SNIP batch')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the SNIP model initialisation and of the random masks (same seed, same counts)')
     parser.add_argument('--sparse-densities', metavar='JSON',
                         help='per-parameter densities to use for --sparsity (e.g. a classifier\'s SNIP densities '
                              'written by --dump-densities, for its seg/det model: backbone.* names carry over)')
@@ -69,6 +71,8 @@ def _sparse_counts(cfg, args) -> dict:
         from pelk_mm.apis.complexity import build_model_for_analysis
         from pelk_mm.utils.analysis import find_images
         from pelk_mm.utils.complexity import snip_densities_from_images
+        import torch
+        torch.manual_seed(args.seed)  # SNIP scores depend on the initial weights: seeded, so counts are repeatable
         model, codebase = build_model_for_analysis(cfg)
         if codebase != 'mmpretrain':
             raise LaunchError('--sparse-init snip needs a classifier config; for seg/det pass the classifier\'s '
@@ -78,7 +82,7 @@ def _sparse_counts(cfg, args) -> dict:
         densities = snip_densities_from_images(model, find_images(None, args.snip_images), size, args.sparsity)
     sparse = analyze_config_sparse(cfg, args.shape, sparsity=args.sparsity, init=args.sparse_init
                                    if args.sparse_init != 'snip' else 'uniform', checkpoint=args.checkpoint,
-                                   densities=densities, mask_rois=args.mask_rois)
+                                   densities=densities, mask_rois=args.mask_rois, seed=args.seed)
     if args.dump_densities and densities is not None:
         with open(args.dump_densities, 'w') as f:
             json.dump(densities, f, indent=1)
