@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Tuple, Type
 
-__all__ = ['user_error_types', 'format_user_error', 'exit_code', 'run_cli']
+__all__ = ['user_error_types', 'format_user_error', 'exit_code', 'run_cli', 'run_main']
 
 
 def user_error_types() -> Tuple[Type[BaseException], ...]:
@@ -46,3 +46,13 @@ def run_cli(fn: Callable, args) -> int:
         print(format_user_error(err), file=sys.stderr, flush=True)
         return exit_code(err)
     return 0
+
+
+def run_main(main: Callable[[], int], extra: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Call a tool's ``main()`` (the ``tools/analysis`` scripts); user errors, and the ``extra`` types those tools
+    raise with the offending path in the message (e.g. ``FileNotFoundError``), print as one line."""
+    try:
+        return main()
+    except user_error_types() + tuple(extra) as err:
+        print(format_user_error(err), file=sys.stderr, flush=True)
+        return exit_code(err)

@@ -151,10 +151,29 @@ def parse_test_args(argv: Optional[Sequence[str]] = None):
     return _finish_args(args)
 
 
+def _one_line(err: BaseException) -> str:
+    text = ' '.join(part.strip() for part in str(err).splitlines() if part.strip())
+    return f'{type(err).__name__}: {text}' if text else type(err).__name__
+
+
 def load_config(path: str) -> Config:
+    """``Config.fromfile`` with one clear error naming the file for a missing file, a syntax error, a missing
+    ``_base_`` or an inheritance conflict (mmengine raises those from deep inside its parser)."""
     if not osp.isfile(path):
         raise LaunchError(f'config file {path!r} does not exist')
-    return Config.fromfile(path)
+    try:
+        return Config.fromfile(path)
+    except Exception as err:  # noqa: BLE001 - everything fromfile raises is a problem of the config files
+        raise LaunchError(f'cannot load config {path!r}: {_one_line(err)}') from err
+
+
+def merge_cfg_options(cfg: Config, options: dict) -> None:
+    """``cfg.merge_from_dict(options)`` with a one-line error naming the ``--cfg-options`` that do not fit."""
+    try:
+        cfg.merge_from_dict(options)
+    except Exception as err:  # noqa: BLE001 - a key/type conflict between the options and the config
+        opts = ' '.join(f'{k}={v!r}' for k, v in options.items())
+        raise LaunchError(f'--cfg-options {opts} cannot be merged into the config: {_one_line(err)}') from err
 
 
 # --------------------------------------------------------------------------------------------------- merging
@@ -281,7 +300,7 @@ def merge_train_args(cfg, args) -> Config:
 
     # --amp is resolved by resolve_amp() once the whole config is known (after --cfg-options)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)
     return cfg
 
 
@@ -342,7 +361,7 @@ def merge_test_args(cfg, args) -> Config:
     if codebase == 'mmpretrain':
         _mmpretrain_dataloader_defaults(cfg, False, True, ('test_dataloader', ))
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)
     return cfg
 
 

@@ -19,13 +19,12 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def load_cfg(config: str, cfg_options: Optional[dict] = None):
-    """``Config.fromfile`` with ``--cfg-options`` merged; raises ``FileNotFoundError`` naming a missing file."""
-    from mmengine.config import Config
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config file {config!r} does not exist')
-    cfg = Config.fromfile(config)
+    """The config with ``--cfg-options`` merged, as ``tools/train.py`` loads it: a missing or broken file or options
+    that do not fit raise :class:`pelk_mm.apis.LaunchError` with one line naming the file / option."""
+    from pelk_mm.apis.launch import load_config, merge_cfg_options
+    cfg = load_config(config)
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        merge_cfg_options(cfg, cfg_options)
     return cfg
 
 

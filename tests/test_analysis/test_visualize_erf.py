@@ -40,8 +40,15 @@ def test_erf_tool_end_to_end(erf_tool, tmp_path, tiny_config, tiny_checkpoint, i
         assert img.size[0] > 100
 
 
-def test_erf_tool_rejects_bad_thresholds(erf_tool, tiny_config):
+def test_erf_tool_rejects_bad_thresholds(erf_tool, tiny_config, capsys):
+    from pelk_mm.apis import LaunchError
+    from pelk_mm.apis.errors import run_main
     with pytest.raises(SystemExit):
         erf_tool.main([tiny_config, '--thresholds', '1.5'])
-    with pytest.raises(FileNotFoundError, match='does not exist'):
+    with pytest.raises(LaunchError, match='does not exist'):
         erf_tool.main([tiny_config + '.missing', '--num-images', '1'])
+    capsys.readouterr()
+    # as the script's __main__ runs it: one line, exit status 2
+    assert run_main(lambda: erf_tool.main([tiny_config + '.missing']), (FileNotFoundError, )) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: config file '{tiny_config}.missing' does not exist"]

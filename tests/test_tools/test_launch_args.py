@@ -273,3 +273,39 @@ def test_launcher_environment_errors():
     check_launcher('slurm', environ=dict(SLURM_PROCID='0'), cuda_available=True)
     with pytest.raises(LaunchError, match='mpirun'):
         check_launcher('mpi', environ={})
+
+
+# ------------------------------------------------------------------------------------------------ config loading
+@pytest.mark.parametrize('text,expected', [
+    ("_base_ = ['{repo}/configs/demo/pelk_demo_cascade_mask_rcnn_coco.py']\n"
+     "model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='x.pth')))\n",
+     'init_cfg is a dict in the child config but is of type'),
+    ("model = dict(type='X'\n", 'SyntaxError'),
+    ("_base_ = ['./no_such_base.py']\n", 'no_such_base.py'),
+], ids=['inheritance-conflict', 'syntax-error', 'missing-base'])
+def test_broken_config_files_fail_in_one_line(tmp_path, capsys, text, expected):
+    """tools/train.py and tools/test.py load configs through load_config: whatever mmengine's parser raises comes out
+    as one ``error:`` line naming the file (exit status 2), not a traceback from inside mmengine."""
+    from pathlib import Path
+
+    from pelk_mm.apis import train_main
+    repo = Path(__file__).resolve().parents[2]
+    path = tmp_path / 'broken.py'
+    path.write_text(text.format(repo=repo))
+    assert train_main([str(path), '--work-dir', str(tmp_path / 'w')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot load config '{path}'") and expected in err[0], err
+    assert not (tmp_path / 'w').exists()
+
+
+def test_cfg_options_conflict_fails_in_one_line(tmp_path, capsys):
+    from pelk_mm.apis import train_main
+    from pelk_mm.apis.launch import merge_cfg_options
+    cfg = _cfg()
+    with pytest.raises(LaunchError, match=r"--cfg-options model.type.depth=3 cannot be merged into the config"):
+        merge_cfg_options(cfg, {'model.type.depth': 3})
+    path = tmp_path / 'cfg.py'
+    path.write_text("default_scope = 'mmpretrain'\nmodel = dict(type='X', backbone=None)\n")
+    assert train_main([str(path), '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'model.type.depth=3']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: --cfg-options model.type.depth=3'), err

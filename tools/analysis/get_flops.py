@@ -18,10 +18,11 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
 
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.apis.complexity import _fmt, analyze_config, format_table  # noqa: E402
 from pelk_mm.apis.launch import LaunchError  # noqa: E402
+from pelk_mm.utils.analysis import load_cfg  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -93,13 +94,8 @@ def _sparse_counts(cfg, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        print(f'error: config file {args.config!r} does not exist', file=sys.stderr)
-        return 2
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     try:
+        cfg = load_cfg(args.config, args.cfg_options)
         if args.checkpoint and not osp.isfile(args.checkpoint):
             raise LaunchError(f'checkpoint {args.checkpoint!r} does not exist')
         result = analyze_config(cfg, args.shape, args.checkpoint, mask_rois=args.mask_rois)

@@ -157,4 +157,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from pelk_mm.apis.errors import run_main
+    sys.exit(run_main(main, (FileNotFoundError, )))
