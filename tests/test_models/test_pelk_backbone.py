@@ -61,6 +61,24 @@ def test_out_indices_and_norms(out_indices, expected):
     assert [o.shape for o in outs] == [(2, TINY['channels'][i]) for i in expected]
 
 
+def test_feature_maps_are_nchw_contiguous():
+    """Dense outputs must be plain NCHW-contiguous: the FPN keeps a channels-last input's memory format, and mmcv's
+    CPU RoIAlign reads channels-last tensors as if they were NCHW (wrong RoI features; this broke the detection
+    demo until fixed). The check below shows that mmcv behaviour, so the test fails loudly if it ever changes."""
+    from mmcv.ops import RoIAlign
+    m = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    outs = m(torch.randn(2, 3, 64, 48))
+    assert all(o.is_contiguous() for o in outs)
+    fpn_lateral = torch.nn.Conv2d(outs[0].shape[1], 8, 1)
+    lateral = fpn_lateral(outs[0])
+    assert lateral.is_contiguous()
+    rois = torch.tensor([[0, 1., 2., 11., 9.], [1, 0., 0., 12., 16.]])
+    roi_align = RoIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0)
+    channels_last = lateral.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(channels_last, lateral)
+    assert not torch.allclose(roi_align(channels_last, rois), roi_align(lateral, rois), atol=1e-3)
+
+
 def test_every_parameter_gets_a_gradient_in_dense_mode():
     m = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
     sum(o.mean() for o in m(torch.randn(2, 3, 32, 32))).backward()

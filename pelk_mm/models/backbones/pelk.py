@@ -303,7 +303,10 @@ class PeLK(BaseModule):
                 if self.gap_before_final_norm:
                     outs.append(norm(x.mean([-2, -1])))
                 else:
-                    outs.append(norm(x))
+                    # LayerNorm2d returns a channels-last-strided view; the convs after it (FPN) keep that memory
+                    # format, and mmcv's CPU RoIAlign reads such tensors as if NCHW-contiguous (wrong RoI
+                    # features). Outputs are plain NCHW-contiguous, as mmpretrain's ConvNeXt does.
+                    outs.append(norm(x).contiguous())
         return tuple(outs)
 
     # ------------------------------------------------------------------ training state
