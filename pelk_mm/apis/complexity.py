@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['DEFAULT_SHAPES', 'broadcast_matmul_flop_jit', 'build_model_for_analysis', 'analyze_model', 'limit_mask_rois',
-           'analyze_config', 'format_table']
+__all__ = ['DEFAULT_SHAPES', 'broadcast_matmul_flop_jit', 'build_model_for_analysis', 'analyze_model',
+           'limit_mask_rois', 'analyze_config', 'format_table']
 
 #: default input (H, W) per codebase
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmseg': (512, 512), 'mmdet': (800, 1280)}
