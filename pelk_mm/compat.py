@@ -15,6 +15,9 @@ any config with ``custom_imports=dict(imports=['pelk_mm'])``) gets them. Each pa
    already does for single-process runs.
 4. Under torchrun's elastic agent (``--max-restarts``), the process-group rendezvous keys are namespaced by restart
    attempt, so restarted workers never read a dead worker's address (see ``elastic_attempt_store``).
+5. mmcv 2.1's CPU ``RoIAlign`` kernel indexes the feature map as NCHW-contiguous: a channels-last-strided map
+   (what convs produce from a permuted LayerNorm output) gives wrong RoI features without any error. Inputs are
+   made contiguous first (a no-op for contiguous maps).
 """
 from __future__ import annotations
 
@@ -151,6 +154,17 @@ def _patch_cpu_launcher() -> None:
     Runner.wrap_model = wrap_model_cpu_safe
 
 
+def _patch_roi_align() -> None:
+    from mmcv.ops.roi_align import RoIAlignFunction
+
+    forward = RoIAlignFunction.forward
+
+    def contiguous_forward(ctx, input, rois, *args, **kwargs):
+        return forward(ctx, input.contiguous(), rois.contiguous(), *args, **kwargs)
+
+    RoIAlignFunction.forward = staticmethod(contiguous_forward)
+
+
 def apply() -> None:
     global _PATCHED
     if _PATCHED:
@@ -159,6 +173,7 @@ def apply() -> None:
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
     _patch_checkpoint_io()
     _patch_cpu_launcher()
+    _patch_roi_align()
     _PATCHED = True
 
 

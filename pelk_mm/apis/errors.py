@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Tuple, Type
 
-__all__ = ['user_error_types', 'format_user_error', 'exit_code', 'run_cli', 'run_main']
+__all__ = ['user_error_types', 'one_line', 'format_user_error', 'exit_code', 'run_cli', 'run_main']
 
 
 def user_error_types() -> Tuple[Type[BaseException], ...]:
@@ -26,11 +26,17 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     return (LaunchError, MissingDataError, ConfigValidationError, CheckpointLoadError, NonFiniteTrainingError)
 
 
+def one_line(err: BaseException, with_type: bool = False) -> str:
+    """The message of ``err`` on one line (its lines joined); ``with_type`` prefixes the exception class."""
+    text = ' '.join(part.strip() for part in str(err).splitlines() if part.strip())
+    if not text:
+        return type(err).__name__
+    return f'{type(err).__name__}: {text}' if with_type else text
+
+
 def format_user_error(err: BaseException) -> str:
-    """``error: <first line of the message>``."""
-    text = str(err).strip() or type(err).__name__
-    line = ' '.join(part.strip() for part in text.splitlines() if part.strip())
-    return f'error: {line}'
+    """``error: <the message on one line>``."""
+    return f'error: {one_line(err)}'
 
 
 def exit_code(err: BaseException) -> int:

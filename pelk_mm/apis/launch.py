@@ -32,6 +32,7 @@ import pelk_mm  # noqa: F401  (compat patches + pelk_mm.PeLK)
 from mmengine.config import Config, ConfigDict, DictAction
 
 from .check_data import MissingDataError, check_data_paths
+from .errors import one_line
 
 __all__ = [
     'CODEBASES', 'LaunchError', 'check_launcher', 'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser',
@@ -151,11 +152,6 @@ def parse_test_args(argv: Optional[Sequence[str]] = None):
     return _finish_args(args)
 
 
-def _one_line(err: BaseException) -> str:
-    text = ' '.join(part.strip() for part in str(err).splitlines() if part.strip())
-    return f'{type(err).__name__}: {text}' if text else type(err).__name__
-
-
 def load_config(path: str) -> Config:
     """``Config.fromfile`` with one clear error naming the file for a missing file, a syntax error, a missing
     ``_base_`` or an inheritance conflict (mmengine raises those from deep inside its parser)."""
@@ -164,7 +160,7 @@ def load_config(path: str) -> Config:
     try:
         return Config.fromfile(path)
     except Exception as err:  # noqa: BLE001 - everything fromfile raises is a problem of the config files
-        raise LaunchError(f'cannot load config {path!r}: {_one_line(err)}') from err
+        raise LaunchError(f'cannot load config {path!r}: {one_line(err, with_type=True)}') from err
 
 
 def merge_cfg_options(cfg: Config, options: dict) -> None:
@@ -173,7 +169,8 @@ def merge_cfg_options(cfg: Config, options: dict) -> None:
         cfg.merge_from_dict(options)
     except Exception as err:  # noqa: BLE001 - a key/type conflict between the options and the config
         opts = ' '.join(f'{k}={v!r}' for k, v in options.items())
-        raise LaunchError(f'--cfg-options {opts} cannot be merged into the config: {_one_line(err)}') from err
+        raise LaunchError(f'--cfg-options {opts} cannot be merged into the config: '
+                          f'{one_line(err, with_type=True)}') from err
 
 
 # --------------------------------------------------------------------------------------------------- merging

@@ -62,21 +62,40 @@ def test_out_indices_and_norms(out_indices, expected):
 
 
 def test_feature_maps_are_nchw_contiguous():
-    """Dense outputs must be plain NCHW-contiguous: the FPN keeps a channels-last input's memory format, and mmcv's
-    CPU RoIAlign reads channels-last tensors as if they were NCHW (wrong RoI features; this broke the detection
-    demo until fixed). The check below shows that mmcv behaviour, so the test fails loudly if it ever changes."""
-    from mmcv.ops import RoIAlign
+    """Dense outputs are plain NCHW-contiguous (as mmpretrain's ConvNeXt's), so the FPN's maps are too."""
     m = small_pelk(out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
     outs = m(torch.randn(2, 3, 64, 48))
     assert all(o.is_contiguous() for o in outs)
-    fpn_lateral = torch.nn.Conv2d(outs[0].shape[1], 8, 1)
-    lateral = fpn_lateral(outs[0])
-    assert lateral.is_contiguous()
+    assert torch.nn.Conv2d(outs[0].shape[1], 8, 1)(outs[0]).is_contiguous()
+
+
+def test_roi_align_reads_channels_last_maps_correctly():
+    """mmcv 2.1's RoIAlign kernel indexes its input as NCHW-contiguous: on a channels-last-strided map (convs keep
+    that format) it silently returns wrong RoI features, which broke the detection demo. pelk_mm.compat makes the
+    input contiguous first; the raw kernel call below pins the mmcv behaviour that makes this necessary."""
+    from mmcv.ops import RoIAlign
+    from mmcv.ops.roi_align import ext_module
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 20, 24)
+    channels_last = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(channels_last, x) and not channels_last.is_contiguous()
     rois = torch.tensor([[0, 1., 2., 11., 9.], [1, 0., 0., 12., 16.]])
-    roi_align = RoIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0)
-    channels_last = lateral.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    assert torch.equal(channels_last, lateral)
-    assert not torch.allclose(roi_align(channels_last, rois), roi_align(lateral, rois), atol=1e-3)
+
+    def raw(inp):
+        out = inp.new_zeros(2, 8, 7, 7)
+        ext_module.roi_align_forward(inp, rois, out, inp.new_zeros(0), inp.new_zeros(0), aligned_height=7,
+                                     aligned_width=7, spatial_scale=1.0, sampling_ratio=0, pool_mode=1, aligned=True)
+        return out
+
+    assert not torch.allclose(raw(channels_last), raw(x), atol=1e-3)  # the mmcv kernel on its own
+    roi_align = RoIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    torch.testing.assert_close(roi_align(channels_last, rois), raw(x), rtol=0, atol=0)  # through pelk_mm
+    a = channels_last.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    g = torch.randn(2, 8, 7, 7)
+    roi_align(a, rois).backward(g)
+    roi_align(b, rois).backward(g)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
 
 
 def test_every_parameter_gets_a_gradient_in_dense_mode():

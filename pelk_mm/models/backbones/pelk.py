@@ -303,9 +303,9 @@ class PeLK(BaseModule):
                 if self.gap_before_final_norm:
                     outs.append(norm(x.mean([-2, -1])))
                 else:
-                    # LayerNorm2d returns a channels-last-strided view; the convs after it (FPN) keep that memory
-                    # format, and mmcv's CPU RoIAlign reads such tensors as if NCHW-contiguous (wrong RoI
-                    # features). Outputs are plain NCHW-contiguous, as mmpretrain's ConvNeXt does.
+                    # LayerNorm2d returns a channels-last-strided view and the necks' convs keep that format;
+                    # hand out plain NCHW maps, as mmpretrain's ConvNeXt does (mmcv's RoIAlign misreads
+                    # channels-last input: see pelk_mm.compat).
                     outs.append(norm(x).contiguous())
         return tuple(outs)
 
