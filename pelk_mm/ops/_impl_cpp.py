@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import threading
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -113,14 +113,29 @@ def _(x, gy, lo_h, hi_h, lo_w, hi_w):
     return x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
 
 
+@torch.library.custom_op('pelk_mm::periconv_cpu_backward', mutates_args=())
+def periconv_cpu_backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, lo_h: List[int], hi_h: List[int],
+                          lo_w: List[int], hi_w: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x, grad_w)`` in one fused pass (the column box sums of ``gy`` are shared by both)."""
+    gx, gw = extension().backward(x, gy, w, lo_h, hi_h, lo_w, hi_w, True, True)
+    return gx, gw
+
+
+@periconv_cpu_backward.register_fake
+def _(x, gy, w, lo_h, hi_h, lo_w, hi_w):
+    return x.new_empty(x.shape), x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
+
+
 def _backward(ctx, gy):
     x, w = ctx.saved_tensors
     lo_h, hi_h, lo_w, hi_w = ctx.cells
     gy = gy.contiguous()
     gx = gw = None
-    if ctx.needs_input_grad[0]:  # conv with the mirrored kernel: flipped weights over mirrored cells
+    if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+        gx, gw = periconv_cpu_backward(x, gy, w, lo_h, hi_h, lo_w, hi_w)
+    elif ctx.needs_input_grad[0]:  # conv with the mirrored kernel: flipped weights over mirrored cells
         gx = periconv_cpu(gy, w.flip(-2, -1).contiguous(), *mirror_cells(lo_h, hi_h), *mirror_cells(lo_w, hi_w))
-    if ctx.needs_input_grad[1]:
+    elif ctx.needs_input_grad[1]:
         gw = periconv_cpu_grad_w(x, gy, lo_h, hi_h, lo_w, hi_w)
     return gx, gw, None, None, None, None
 

@@ -139,6 +139,28 @@ def test_autocast_bf16_like_conv2d(impl):
     assert rel_err(y, ref) <= TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize('case', [GRID_CASES[5], GRID_CASES[8], GRID_CASES[12], GRID_CASES[13]], ids=_case_id)
+def test_cpp_single_gradient_paths(case):
+    """With both gradients needed ``cpp`` runs one fused backward; with one, its own kernel (mirrored forward for
+    grad-input, the box-summed correlation for grad-weight). All three against the float64 reference."""
+    if _impl_cpp.extension() is None:
+        pytest.skip(f'C++ extension unavailable: {_impl_cpp.unavailable_reason()}')
+    n, c, h, w, grid = case
+    x, wt = make(n, c, h, w, grid, torch.float64, seed=5)
+    gy = torch.randn(n, c, h, w, dtype=torch.float64)
+    xr, wr = x.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    gxr, gwr = torch.autograd.grad(ref_conv(xr, wr, grid), (xr, wr), gy)
+    only_x = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(peripheral_conv2d(only_x, wt, grid, 'cpp'), (only_x,), gy)
+    only_w = wt.clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(peripheral_conv2d(x, only_w, grid, 'cpp'), (only_w,), gy)
+    both = x.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    gx2, gw2 = torch.autograd.grad(peripheral_conv2d(*both, grid, 'cpp'), both, gy)
+    for name, a, b in (('grad_input only', gx, gxr), ('grad_weight only', gw, gwr), ('fused grad_input', gx2, gxr),
+                       ('fused grad_weight', gw2, gwr)):
+        assert rel_err(a, b) <= TOL[torch.float64], (name, rel_err(a, b))
+
+
 def test_pelk_stage_shape_fp32():
     """One realistic PeLK-T stage-3 shape (14x14, K=47) through every CPU implementation."""
     grid = peripheral_grid(47)

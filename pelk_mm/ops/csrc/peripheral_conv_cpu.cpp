@@ -64,51 +64,49 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // Doubling ("sparse table") box sums along a padded row: lvl[k][j] = sum_{v < 2^k} row[j + v]. A cell of width s
 // starting at offset lo is the sum of popcount(s) shifted levels, so a whole grid costs ~log2(max s) + sum popcount
 // adds per pixel instead of K. Only short exact sums (no prefix differences), so rounding is like direct summation.
+// Rows are processed kRowBlock at a time, level by level: the shifted (misaligned) reloads of a level then come long
+// after its stores, instead of stalling on store-to-load forwarding right behind them.
+constexpr int64_t kRowBlock = 8;
+
 template <typename T>
 struct RowLevels {
   int64_t nlev = 1, len = 0;
-  T* data = nullptr;  // nlev rows of len; row 0 is the padded input row
-  T* level(int64_t k) const { return data + k * len; }
+  T* data = nullptr;  // kRowBlock slots of nlev rows of len; level 0 of a slot is the zero-padded input row
+  T* level(int64_t slot, int64_t k) const { return data + (slot * nlev + k) * len; }
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> terms;  // per W-cell: (level, offset into the slot)
 };
 
+// Levels of the rows src[0 .. nr) (each W long, nr <= kRowBlock) into slots 0 .. nr.
 template <typename T>
-void build_levels(RowLevels<T>& lv, int64_t valid) {
+void load_rows(const T* src, int64_t W, int64_t nr, RowLevels<T>& lv, int64_t pl) {
   constexpr int VN = kVN<T>;
+  for (int64_t r = 0; r < nr; ++r) std::memcpy(lv.level(r, 0) + pl, src + r * W, sizeof(T) * W);
   for (int64_t k = 1; k < lv.nlev; ++k) {
     const int64_t shift = int64_t(1) << (k - 1);
-    const T* prev = lv.level(k - 1);
-    T* cur = lv.level(k);
-    const int64_t n = valid - (int64_t(1) << k) + 1;  // positions whose window stays inside the row
-    int64_t j = 0;
-    for (; j + VN <= n; j += VN) vstore(cur + j, vload(prev + j) + vload(prev + j + shift));
-    for (; j < n; ++j) cur[j] = prev[j] + prev[j + shift];
+    const int64_t n = lv.len - (int64_t(1) << k) + 1;  // positions whose window stays inside the slot
+    for (int64_t r = 0; r < nr; ++r) {
+      const T* prev = lv.level(r, k - 1);
+      T* cur = lv.level(r, k);
+      int64_t j = 0;
+      for (; j + VN <= n; j += VN) vstore(cur + j, vload(prev + j) + vload(prev + j + shift));
+      for (; j < n; ++j) cur[j] = prev[j] + prev[j + shift];
+    }
   }
 }
 
-// One row: dst[b * S + j] = sum_{v = lo_b}^{hi_b} row[j + v] (zero outside [0, W)) for j < Wp, tail zeroed;
-// S = stride between cells. lv.level(0) holds pl zeros, then the row slot, then zeros (sized by PlaneBuffers).
+// dst[b * S + j] = sum_{v = lo_b}^{hi_b} row[j + v] (zero outside [0, W)) for j < Wp (tail zeroed) from a slot.
 template <typename T>
-void row_box_row(const T* row, int64_t W, int64_t Wp, const Cells& cw, RowLevels<T>& lv, int64_t pl, T* dst,
-                 int64_t S) {
+void row_cells(const RowLevels<T>& lv, int64_t slot, int64_t W, int64_t Wp, T* dst, int64_t S) {
   constexpr int VN = kVN<T>;
-  std::memcpy(lv.level(0) + pl, row, sizeof(T) * W);
-  build_levels(lv, lv.len);
-  for (int64_t b = 0; b < cw.size(); ++b) {
-    T* out = dst + b * S;
-    int64_t lev[64], off[64], nt = 0, o = cw.lo[b];  // terms (level, offset), largest level first
-    const int64_t width = cw.hi[b] - cw.lo[b] + 1;
-    for (int64_t k = lv.nlev - 1; k >= 0; --k) {
-      const int64_t step = int64_t(1) << k;
-      for (int64_t left = width - (o - cw.lo[b]); left >= step; left -= step) {
-        lev[nt] = k;
-        off[nt++] = pl + o;
-        o += step;
-      }
-    }
-    for (int64_t j0 = 0; j0 < Wp; j0 += VN) {
-      V<T> acc = {};
-      for (int64_t t = 0; t < nt; ++t) acc += vload(lv.level(lev[t]) + off[t] + j0);
-      vstore(out + j0, acc);
+  const int64_t nb = static_cast<int64_t>(lv.terms.size());
+  for (int64_t b = 0; b < nb; ++b) {  // term-major: fixed-length inner loops (a short term loop mispredicts)
+    const auto& tb = lv.terms[b];
+    T* __restrict out = dst + b * S;
+    const T* src = lv.level(slot, tb[0].first) + tb[0].second;
+    for (int64_t j0 = 0; j0 < Wp; j0 += VN) vstore(out + j0, vload(src + j0));
+    for (size_t t = 1; t < tb.size(); ++t) {
+      src = lv.level(slot, tb[t].first) + tb[t].second;
+      for (int64_t j0 = 0; j0 < Wp; j0 += VN) vstore(out + j0, vload(out + j0) + vload(src + j0));
     }
     std::fill(out + W, out + Wp, T(0));
   }
@@ -116,29 +114,47 @@ void row_box_row(const T* row, int64_t W, int64_t Wp, const Cells& cw, RowLevels
 
 // Whole plane: dst[b, h, :] = row box sums of src[h, :] (layout [cell][row][Wp]).
 template <typename T>
-void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, const Cells& cw, RowLevels<T>& lv, int64_t pl,
-             T* dst) {
-  for (int64_t h = 0; h < H; ++h) row_box_row(src + h * W, W, Wp, cw, lv, pl, dst + h * Wp, H * Wp);
+void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, RowLevels<T>& lv, int64_t pl, T* dst) {
+  for (int64_t h0 = 0; h0 < H; h0 += kRowBlock) {
+    const int64_t nr = std::min<int64_t>(kRowBlock, H - h0);
+    load_rows(src + h0 * W, W, nr, lv, pl);
+    for (int64_t r = 0; r < nr; ++r) row_cells(lv, r, W, Wp, dst + (h0 + r) * Wp, H * Wp);
+  }
 }
 
 // dst[a * D + t] = sum_b w[a, b] src[b * S + t] for t < L (a multiple of the vector width); S, D = strides between
-// cells. Blocks of NA rows of w x 2 vectors of t live in registers (2 * NA accumulators).
-template <typename T, int NA>
+// cells. Blocks of NA rows of w x NV vectors of t live in registers (NA * NV accumulators; AVX-512VL gives 32).
+template <typename T, int NA, int NV>
 inline void contract_block(const T* w, int64_t Gb, const T* src, int64_t S, int64_t t0, T* dst, int64_t D) {
   constexpr int VN = kVN<T>;
-  V<T> c0[NA], c1[NA];
-  for (int k = 0; k < NA; ++k) c0[k] = c1[k] = V<T>{};
+  V<T> c[NA][NV];
+  for (int k = 0; k < NA; ++k)
+    for (int m = 0; m < NV; ++m) c[k][m] = V<T>{};
   for (int64_t b = 0; b < Gb; ++b) {
-    const V<T> r0 = vload(src + b * S + t0), r1 = vload(src + b * S + t0 + VN);
+    V<T> r[NV];
+    for (int m = 0; m < NV; ++m) r[m] = vload(src + b * S + t0 + m * VN);
     for (int k = 0; k < NA; ++k) {
       const T wk = w[k * Gb + b];
-      c0[k] += wk * r0;
-      c1[k] += wk * r1;
+      for (int m = 0; m < NV; ++m) c[k][m] += wk * r[m];
     }
   }
-  for (int k = 0; k < NA; ++k) {
-    vstore(dst + k * D + t0, c0[k]);
-    vstore(dst + k * D + t0 + VN, c1[k]);
+  for (int k = 0; k < NA; ++k)
+    for (int m = 0; m < NV; ++m) vstore(dst + k * D + t0 + m * VN, c[k][m]);
+}
+
+// All rows of w for NV vectors at t0: blocks of 6 rows, then the remainder block.
+template <typename T, int NV>
+inline void contract_cols(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t S, int64_t t0, T* dst,
+                          int64_t D) {
+  int64_t a = 0;
+  for (; a + 6 <= Ga; a += 6) contract_block<T, 6, NV>(w + a * Gb, Gb, src, S, t0, dst + a * D, D);
+  switch (Ga - a) {
+    case 5: contract_block<T, 5, NV>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+    case 4: contract_block<T, 4, NV>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+    case 3: contract_block<T, 3, NV>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+    case 2: contract_block<T, 2, NV>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+    case 1: contract_block<T, 1, NV>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
+    default: break;
   }
 }
 
@@ -146,25 +162,9 @@ template <typename T>
 void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, int64_t S, T* dst, int64_t D) {
   constexpr int VN = kVN<T>;
   int64_t t0 = 0;
-  for (; t0 + 2 * VN <= L; t0 += 2 * VN) {
-    int64_t a = 0;
-    for (; a + 6 <= Ga; a += 6) contract_block<T, 6>(w + a * Gb, Gb, src, S, t0, dst + a * D, D);
-    switch (Ga - a) {
-      case 5: contract_block<T, 5>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
-      case 4: contract_block<T, 4>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
-      case 3: contract_block<T, 3>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
-      case 2: contract_block<T, 2>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
-      case 1: contract_block<T, 1>(w + a * Gb, Gb, src, S, t0, dst + a * D, D); break;
-      default: break;
-    }
-  }
-  for (; t0 < L; t0 += VN) {
-    for (int64_t a = 0; a < Ga; ++a) {
-      V<T> c0 = {};
-      for (int64_t b = 0; b < Gb; ++b) c0 += w[a * Gb + b] * vload(src + b * S + t0);
-      vstore(dst + a * D + t0, c0);
-    }
-  }
+  for (; t0 + 3 * VN <= L; t0 += 3 * VN) contract_cols<T, 3>(w, Ga, Gb, src, S, t0, dst, D);
+  if (L - t0 == 2 * VN) contract_cols<T, 2>(w, Ga, Gb, src, S, t0, dst, D);
+  else if (L - t0 == VN) contract_cols<T, 1>(w, Ga, Gb, src, S, t0, dst, D);
 }
 
 // dst[i, :] = sum_c sum_{r = i + lo_c}^{i + hi_c} src[c, r, :] over cells c (rows r in [0, H)); rows are Wp long.
@@ -205,6 +205,54 @@ void col_box(const T* src, int64_t H, int64_t Wp, const int64_t* lo, const int64
   }
 }
 
+// Column taps of a set of cells: every offset u of every cell c as (u, c), sorted by u.
+struct ColTaps {
+  std::vector<int64_t> u, off;  // off = c * H * Wp + u * Wp (elements)
+  ColTaps(const Cells& ch, int64_t H, int64_t Wp) {
+    std::vector<std::pair<int64_t, int64_t>> taps;
+    for (int64_t c = 0; c < ch.size(); ++c)
+      for (int64_t v = ch.lo[c]; v <= ch.hi[c]; ++v) taps.emplace_back(v, c);
+    std::sort(taps.begin(), taps.end());
+    for (const auto& t : taps) {
+      u.push_back(t.first);
+      off.push_back(t.second * H * Wp + t.first * Wp);
+    }
+  }
+};
+
+// dst[i, :] = sum_c sum_{r = i + lo_c}^{i + hi_c} src[c, r, :] (rows r in [0, H)), as one loop over the taps with
+// a fixed trip count per row (a loop per cell of widths 9, 8, 4, ... 1 mispredicts its exits).
+template <typename T>
+void col_taps(const T* src, int64_t H, int64_t Wp, const ColTaps& taps, T* dst) {
+  constexpr int VN = kVN<T>;
+  const int64_t* off = taps.off.data();
+  for (int64_t i = 0; i < H; ++i) {
+    const int64_t t0 = std::lower_bound(taps.u.begin(), taps.u.end(), -i) - taps.u.begin();
+    const int64_t t1 = std::upper_bound(taps.u.begin(), taps.u.end(), H - 1 - i) - taps.u.begin();
+    const T* base = src + i * Wp;
+    int64_t j0 = 0;
+    for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {
+      V<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t t = t0; t < t1; ++t) {
+        const T* q = base + off[t] + j0;
+        a0 += vload(q);
+        a1 += vload(q + VN);
+        a2 += vload(q + 2 * VN);
+        a3 += vload(q + 3 * VN);
+      }
+      vstore(dst + i * Wp + j0, a0);
+      vstore(dst + i * Wp + j0 + VN, a1);
+      vstore(dst + i * Wp + j0 + 2 * VN, a2);
+      vstore(dst + i * Wp + j0 + 3 * VN, a3);
+    }
+    for (; j0 < Wp; j0 += VN) {
+      V<T> a0 = {};
+      for (int64_t t = t0; t < t1; ++t) a0 += vload(base + off[t] + j0);
+      vstore(dst + i * Wp + j0, a0);
+    }
+  }
+}
+
 template <typename T>
 inline double hsum(V<T> v) {
   double s = 0;
@@ -212,53 +260,64 @@ inline double hsum(V<T> v) {
   return s;
 }
 
-// out[a, b] += sum_t V[a, t] R[b, t] over L (multiple of the vector width) elements: blocks of NA rows of V x 2 rows
-// of R in registers (2 * NA accumulators), partial sums flushed to double every kFlush vectors.
-template <typename T, int NA>
-inline void gram_block(const T* const* v, const T* r0, const T* r1, int64_t L, double (*s)[2]) {
+// s[k][m] += sum_{t0 <= t < t1} v[k][t] r[m][t]: NA rows of V x NB rows of R in registers (NA * NB accumulators).
+template <typename T, int NA, int NB>
+inline void gram_block(const T* const* v, const T* const* r, int64_t t0, int64_t t1, double (*s)[4]) {
   constexpr int VN = kVN<T>;
-  constexpr int64_t kFlush = 32;
-  for (int64_t t0 = 0; t0 < L; t0 += kFlush * VN) {
-    const int64_t t1 = std::min<int64_t>(L, t0 + kFlush * VN);
-    V<T> c0[NA], c1[NA];
-    for (int k = 0; k < NA; ++k) c0[k] = c1[k] = V<T>{};
-    for (int64_t t = t0; t < t1; t += VN) {
-      const V<T> x0 = vload(r0 + t), x1 = vload(r1 + t);
-      for (int k = 0; k < NA; ++k) {
-        const V<T> y = vload(v[k] + t);
-        c0[k] += y * x0;
-        c1[k] += y * x1;
-      }
-    }
+  V<T> c[NA][NB];
+  for (int k = 0; k < NA; ++k)
+    for (int m = 0; m < NB; ++m) c[k][m] = V<T>{};
+  for (int64_t t = t0; t < t1; t += VN) {
+    V<T> x[NB];
+    for (int m = 0; m < NB; ++m) x[m] = vload(r[m] + t);
     for (int k = 0; k < NA; ++k) {
-      s[k][0] += hsum<T>(c0[k]);
-      s[k][1] += hsum<T>(c1[k]);
+      const V<T> y = vload(v[k] + t);
+      for (int m = 0; m < NB; ++m) c[k][m] += y * x[m];
     }
+  }
+  for (int k = 0; k < NA; ++k)
+    for (int m = 0; m < NB; ++m) s[k][m] += hsum<T>(c[k][m]);
+}
+
+template <typename T, int NB>
+inline void gram_rows(const T* const* v, int64_t na, const T* const* r, int64_t t0, int64_t t1, double (*s)[4]) {
+  switch (na) {
+    case 6: gram_block<T, 6, NB>(v, r, t0, t1, s); break;
+    case 5: gram_block<T, 5, NB>(v, r, t0, t1, s); break;
+    case 4: gram_block<T, 4, NB>(v, r, t0, t1, s); break;
+    case 3: gram_block<T, 3, NB>(v, r, t0, t1, s); break;
+    case 2: gram_block<T, 2, NB>(v, r, t0, t1, s); break;
+    default: gram_block<T, 1, NB>(v, r, t0, t1, s); break;
   }
 }
 
+// out[a, b] += sum_t V[a, t] R[b, t] over L (multiple of the vector width) elements. The t axis is walked in chunks
+// of kChunk vectors so that the chunk of every row of V and R stays in L1 while all (a, b) blocks use it; each
+// chunk's float partial sums are flushed to double.
 template <typename T>
 void gram(const T* Vm, int64_t Ga, const T* R, int64_t Gb, int64_t L, double* out) {
-  constexpr int NA = 6;
-  for (int64_t a = 0; a < Ga; a += NA) {
-    const int64_t na = std::min<int64_t>(NA, Ga - a);
-    const T* v[NA];
-    for (int64_t k = 0; k < NA; ++k) v[k] = Vm + std::min<int64_t>(a + k, Ga - 1) * L;
-    for (int64_t b = 0; b < Gb; b += 2) {
-      const int64_t nb = std::min<int64_t>(2, Gb - b);
-      const T* r0 = R + b * L;
-      const T* r1 = R + std::min<int64_t>(b + 1, Gb - 1) * L;  // short block: duplicate, not stored
-      double s[NA][2] = {};
-      switch (na) {
-        case 6: gram_block<T, 6>(v, r0, r1, L, s); break;
-        case 5: gram_block<T, 5>(v, r0, r1, L, s); break;
-        case 4: gram_block<T, 4>(v, r0, r1, L, s); break;
-        case 3: gram_block<T, 3>(v, r0, r1, L, s); break;
-        case 2: gram_block<T, 2>(v, r0, r1, L, s); break;
-        default: gram_block<T, 1>(v, r0, r1, L, s); break;
+  constexpr int NA = 6, NB = 4;
+  constexpr int64_t kChunk = 32 * kVN<T>;
+  for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
+    const int64_t t1 = std::min<int64_t>(L, t0 + kChunk);
+    for (int64_t a = 0; a < Ga; a += NA) {
+      const int64_t na = std::min<int64_t>(NA, Ga - a);
+      const T* v[NA];
+      for (int64_t k = 0; k < NA; ++k) v[k] = Vm + std::min<int64_t>(a + k, Ga - 1) * L;
+      for (int64_t b = 0; b < Gb; b += NB) {
+        const int64_t nb = std::min<int64_t>(NB, Gb - b);
+        const T* r[NB];
+        for (int64_t m = 0; m < NB; ++m) r[m] = R + std::min<int64_t>(b + m, Gb - 1) * L;
+        double s[NA][4] = {};
+        switch (nb) {
+          case 4: gram_rows<T, 4>(v, na, r, t0, t1, s); break;
+          case 3: gram_rows<T, 3>(v, na, r, t0, t1, s); break;
+          case 2: gram_rows<T, 2>(v, na, r, t0, t1, s); break;
+          default: gram_rows<T, 1>(v, na, r, t0, t1, s); break;
+        }
+        for (int64_t k = 0; k < na; ++k)
+          for (int64_t m = 0; m < nb; ++m) out[(a + k) * Gb + b + m] += s[k][m];
       }
-      for (int64_t k = 0; k < na; ++k)
-        for (int64_t m = 0; m < nb; ++m) out[(a + k) * Gb + b + m] += s[k][m];
     }
   }
 }
@@ -274,11 +333,17 @@ struct PlaneBuffers {
     for (int64_t b = 0; b < cw.size(); ++b) maxw = std::max<int64_t>(maxw, cw.hi[b] - cw.lo[b] + 1);
     while ((int64_t(1) << lv.nlev) <= maxw) ++lv.nlev;  // levels 2^0 .. 2^(nlev-1) <= max width
     lv.len = round_up(pl + Wp + pr, kVN<T>);
-    const int64_t Gb = cw.size(), nR = Gb * H * Wp, nT = Ga * H * Wp, nacc = H * Wp;
-    storage = at::zeros({lv.nlev * lv.len + nR + nT + nacc},
-                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    for (int64_t b = 0; b < cw.size(); ++b) {  // each cell as a sum of levels, largest first
+      std::vector<std::pair<int64_t, int64_t>> tb;
+      int64_t o = cw.lo[b], left = cw.hi[b] - cw.lo[b] + 1;
+      for (int64_t k = lv.nlev - 1; k >= 0; --k)
+        for (const int64_t step = int64_t(1) << k; left >= step; left -= step, o += step) tb.emplace_back(k, pl + o);
+      lv.terms.push_back(tb);
+    }
+    const int64_t Gb = cw.size(), nR = Gb * H * Wp, nT = Ga * H * Wp, nacc = H * Wp, nlv = kRowBlock * lv.nlev * lv.len;
+    storage = at::zeros({nlv + nR + nT + nacc}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     lv.data = storage.data_ptr<T>();
-    R = lv.data + lv.nlev * lv.len;
+    R = lv.data + nlv;
     Tm = R + nR;
     acc = Tm + nT;
   }
@@ -289,15 +354,20 @@ void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H,
                   const Cells& cw) {
   const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
+  const ColTaps taps(ch, H, Wp);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
-      for (int64_t h = 0; h < H; ++h) {  // row by row: the row's box sums (k' x Wp) stay in L1
-        row_box_row(x + (p * H + h) * W, W, Wp, cw, buf.lv, pl, buf.R, Wp);
-        contract(w + c * Ga * Gb, Ga, Gb, buf.R, Wp, Wp, buf.Tm + h * Wp, H * Wp);
+      for (int64_t h0 = 0; h0 < H; h0 += kRowBlock) {  // row by row: a row's box sums (k' x Wp) stay in L1
+        const int64_t nr = std::min<int64_t>(kRowBlock, H - h0);
+        load_rows(x + (p * H + h0) * W, W, nr, buf.lv, pl);
+        for (int64_t r = 0; r < nr; ++r) {
+          row_cells(buf.lv, r, W, Wp, buf.R, Wp);
+          contract(w + c * Ga * Gb, Ga, Gb, buf.R, Wp, Wp, buf.Tm + (h0 + r) * Wp, H * Wp);
+        }
       }
-      col_box(buf.Tm, H, Wp, ch.lo.data(), ch.hi.data(), Ga, 1, buf.acc);
+      col_taps(buf.Tm, H, Wp, taps, buf.acc);
       T* out = y + p * H * W;
       for (int64_t i = 0; i < H; ++i) std::memcpy(out + i * W, buf.acc + i * Wp, sizeof(T) * W);
     }
@@ -312,7 +382,7 @@ void grad_weight_impl(const T* x, const T* gy, double* gw_planes, int64_t N, int
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
     for (int64_t p = begin; p < end; ++p) {
-      row_box(x + p * H * W, H, W, Wp, cw, buf.lv, pl, buf.R);
+      row_box(x + p * H * W, H, W, Wp, buf.lv, pl, buf.R);
       // gy rows padded to Wp with zeros, then V[a, r, :] = sum_{u in cell a} gy[r - u, :]
       const T* g = gy + p * H * W;
       for (int64_t i = 0; i < H; ++i) {
@@ -325,6 +395,70 @@ void grad_weight_impl(const T* x, const T* gy, double* gw_planes, int64_t N, int
       double* out = gw_planes + p * Ga * Gb;
       std::fill(out, out + Ga * Gb, 0.0);
       gram(buf.Tm, Ga, buf.R, Gb, H * Wp, out);
+    }
+  });
+}
+
+// Row taps of the transposed W cells: every (v, b) of every cell, as offsets into a zero-margined row buffer of U
+// (pl_u zeros, Wp values, pr_u zeros per cell b): gx[j] = sum_(v, b) U[b, j - v].
+struct RowTaps {
+  std::vector<int64_t> off;  // b * len + pl_u - v
+  int64_t pl_u = 0, len = 0;
+  RowTaps(const Cells& cw, int64_t Wp) {
+    pl_u = std::max<int64_t>(0, cw.max_hi());
+    len = round_up(pl_u + Wp + std::max<int64_t>(0, -cw.min_lo()), 8);
+    for (int64_t b = 0; b < cw.size(); ++b)
+      for (int64_t v = cw.lo[b]; v <= cw.hi[b]; ++v) off.push_back(b * len + pl_u - v);
+  }
+};
+
+// Both gradients of one plane set in one pass, sharing V[a, r, :] = sum_{u in cell a} gy[r - u, :]:
+//   grad_w[a, b] = sum_{h, j} V[a, h, j] R[b, h, j]           (R = row box sums of x, as in grad_weight_impl)
+//   grad_x[h, j] = sum_b sum_{v in cell b} U[b, h, j - v]     with U[b, h, :] = sum_a w[a, b] V[a, h, :]
+// (the transpose of the forward: column boxes, contraction with w^T, then row boxes). Either output may be skipped.
+template <typename T>
+void backward_impl(const T* x, const T* gy, const T* wt, T* gx, double* gw_planes, int64_t N, int64_t C, int64_t H,
+                   int64_t W, const Cells& ch, const Cells& cw) {
+  constexpr int VN = kVN<T>;
+  const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, VN);
+  const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
+  const RowTaps rtaps(cw, Wp);
+  const int64_t ntaps = static_cast<int64_t>(rtaps.off.size());
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
+    at::Tensor ustore = at::zeros({Gb * rtaps.len}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    T* U = ustore.data_ptr<T>();
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % C;
+      const T* g = gy + p * H * W;
+      for (int64_t i = 0; i < H; ++i) {  // gy rows padded to Wp with zeros
+        T* dst = buf.acc + i * Wp;
+        std::memcpy(dst, g + i * W, sizeof(T) * W);
+        std::fill(dst + W, dst + Wp, T(0));
+      }
+      for (int64_t a = 0; a < Ga; ++a)
+        col_box(buf.acc, H, Wp, ch.lo.data() + a, ch.hi.data() + a, 1, -1, buf.Tm + a * H * Wp);
+      if (gw_planes != nullptr) {
+        row_box(x + p * H * W, H, W, Wp, buf.lv, pl, buf.R);
+        double* out = gw_planes + p * Ga * Gb;
+        std::fill(out, out + Ga * Gb, 0.0);
+        gram(buf.Tm, Ga, buf.R, Gb, H * Wp, out);
+      }
+      if (gx != nullptr) {
+        T* out = gx + p * H * W;
+        for (int64_t h = 0; h < H; ++h) {
+          contract(wt + c * Ga * Gb, Gb, Ga, buf.Tm + h * Wp, Wp, H * Wp, U + rtaps.pl_u, rtaps.len);
+          for (int64_t j0 = 0; j0 < Wp; j0 += VN) {  // U's tail (j >= W) is zero: V of the zero-padded gy
+            V<T> acc = {};
+            for (int64_t t = 0; t < ntaps; ++t) acc += vload(U + rtaps.off[t] + j0);
+            if (j0 + VN <= W) {
+              vstore(out + h * W + j0, acc);
+            } else {
+              for (int64_t k = 0; j0 + k < W; ++k) out[h * W + j0 + k] = acc[k];
+            }
+          }
+        }
+      }
     }
   });
 }
@@ -377,7 +511,37 @@ torch::Tensor grad_weight(torch::Tensor x, torch::Tensor gy, std::vector<int64_t
   return planes.sum(0).to(x.scalar_type());
 }
 
+// (grad_x, grad_w) of y = forward(x, w) for grad_output gy; a skipped one is returned undefined (None).
+std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor gy, torch::Tensor w, std::vector<int64_t> lo_h,
+                                    std::vector<int64_t> hi_h, std::vector<int64_t> lo_w, std::vector<int64_t> hi_w,
+                                    bool need_gx, bool need_gw) {
+  check_x(x, "x");
+  check_x(gy, "grad_output");
+  TORCH_CHECK(x.sizes() == gy.sizes(), "x and grad_output shapes differ: ", x.sizes(), " vs ", gy.sizes());
+  const Cells ch = make_cells(lo_h, hi_h, "H"), cw = make_cells(lo_w, hi_w, "W");
+  x = x.contiguous();
+  gy = gy.to(x.scalar_type()).contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(w.dim() == 3 && w.size(0) == C && w.size(1) == ch.size() && w.size(2) == cw.size(), "w must be (C, Gh, "
+              "Gw) = (", C, ", ", ch.size(), ", ", cw.size(), "), got ", w.sizes());
+  auto wt = w.to(x.scalar_type()).transpose(1, 2).contiguous();  // (C, Gw, Gh)
+  torch::Tensor gx, planes;
+  if (need_gx) gx = torch::empty_like(x);
+  if (need_gw) planes = torch::zeros({N, C, ch.size(), cw.size()}, x.options().dtype(at::kDouble));
+  if (x.numel() > 0 && (need_gx || need_gw)) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pelk_periconv_backward", [&] {
+      backward_impl<scalar_t>(x.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                              need_gx ? gx.data_ptr<scalar_t>() : nullptr,
+                              need_gw ? planes.data_ptr<double>() : nullptr, N, C, H, W, ch, cw);
+    });
+  }
+  torch::Tensor gw;
+  if (need_gw) gw = planes.sum(0).to(x.scalar_type());
+  return {gx, gw};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "peripheral conv forward (CPU, structure-aware)");
+  m.def("backward", &backward, "peripheral conv (grad_x, grad_w), one fused pass (CPU, structure-aware)");
   m.def("grad_weight", &grad_weight, "peripheral conv grad wrt block weights (CPU, structure-aware)");
 }
