@@ -92,51 +92,59 @@ def _build():
 @torch.library.custom_op('pelk_mm::periconv_cpu', mutates_args=())
 def periconv_cpu(x: torch.Tensor, w: torch.Tensor, lo_h: List[int], hi_h: List[int], lo_w: List[int],
                  hi_w: List[int]) -> torch.Tensor:
-    """``(N, C, H, W)`` float32/64 contiguous, ``w`` ``(C, Gh, Gw)`` -> ``(N, C, H, W)`` contiguous."""
+    """``(N, C, H, W)`` float32/64 in any memory layout, ``w`` ``(C, Gh, Gw)`` -> ``(N, C, H, W)`` in ``x``'s layout
+    (the kernel reads and writes strided rows in place: no layout copies for channels_last)."""
     return extension().forward(x, w, lo_h, hi_h, lo_w, hi_w)
 
 
 @periconv_cpu.register_fake
 def _(x, w, lo_h, hi_h, lo_w, hi_w):
-    return x.new_empty(x.shape)
-
-
-@torch.library.custom_op('pelk_mm::periconv_cpu_grad_w', mutates_args=())
-def periconv_cpu_grad_w(x: torch.Tensor, gy: torch.Tensor, lo_h: List[int], hi_h: List[int], lo_w: List[int],
-                        hi_w: List[int]) -> torch.Tensor:
-    """Gradient wrt the block weights, ``(C, Gh, Gw)`` (accumulated in float64 inside)."""
-    return extension().grad_weight(x, gy, lo_h, hi_h, lo_w, hi_w)
-
-
-@periconv_cpu_grad_w.register_fake
-def _(x, gy, lo_h, hi_h, lo_w, hi_w):
-    return x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op('pelk_mm::periconv_cpu_backward', mutates_args=())
 def periconv_cpu_backward(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, lo_h: List[int], hi_h: List[int],
                           lo_w: List[int], hi_w: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(grad_x, grad_w)`` in one fused pass (the column box sums of ``gy`` are shared by both)."""
+    """``(grad_x, grad_w)`` in one fused pass (the column box sums of ``gy`` are shared by both); ``grad_x`` in
+    ``x``'s layout, ``grad_w`` ``(C, Gh, Gw)`` accumulated in float64 inside."""
     gx, gw = extension().backward(x, gy, w, lo_h, hi_h, lo_w, hi_w, True, True)
     return gx, gw
 
 
 @periconv_cpu_backward.register_fake
 def _(x, gy, w, lo_h, hi_h, lo_w, hi_w):
-    return x.new_empty(x.shape), x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
+    return torch.empty_like(x), x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
+
+
+@torch.library.custom_op('pelk_mm::periconv_cpu_grad_w', mutates_args=())
+def periconv_cpu_grad_w(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, lo_h: List[int], hi_h: List[int],
+                        lo_w: List[int], hi_w: List[int]) -> torch.Tensor:
+    """Gradient wrt the block weights alone, ``(C, Gh, Gw)``."""
+    return extension().backward(x, gy, w, lo_h, hi_h, lo_w, hi_w, False, True)[1]
+
+
+@periconv_cpu_grad_w.register_fake
+def _(x, gy, w, lo_h, hi_h, lo_w, hi_w):
+    return x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels read strided rows in place (NCHW, channel slices); when the row elements themselves are strided
+    (channels_last), one blocked layout copy by PyTorch is cheaper than gathering every row element by element."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _backward(ctx, gy):
     x, w = ctx.saved_tensors
     lo_h, hi_h, lo_w, hi_w = ctx.cells
-    gy = gy.contiguous()
+    gy = _rows_contiguous(gy)
     gx = gw = None
     if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
         gx, gw = periconv_cpu_backward(x, gy, w, lo_h, hi_h, lo_w, hi_w)
     elif ctx.needs_input_grad[0]:  # conv with the mirrored kernel: flipped weights over mirrored cells
         gx = periconv_cpu(gy, w.flip(-2, -1).contiguous(), *mirror_cells(lo_h, hi_h), *mirror_cells(lo_w, hi_w))
     elif ctx.needs_input_grad[1]:
-        gw = periconv_cpu_grad_w(x, gy, lo_h, hi_h, lo_w, hi_w)
+        gw = periconv_cpu_grad_w(x, gy, w, lo_h, hi_h, lo_w, hi_w)
     return gx, gw, None, None, None, None
 
 
@@ -149,10 +157,12 @@ def supports(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> bool
 
 
 def cpp_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Fused C++ structure-aware conv; half types are computed in float32 and cast back (output NCHW-contiguous)."""
+    """Fused C++ structure-aware conv; half types are computed in float32 and cast back (output in ``x``'s layout)."""
     H, W = x.shape[-2:]
     ch, cw = axis_cells(grid, H), axis_cells(grid, W)
     compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     w = crop_weight(weight, ch, cw).to(compute).contiguous()
-    y = periconv_cpu(x.to(compute).contiguous(), w, list(ch.lo), list(ch.hi), list(cw.lo), list(cw.hi))
+    y = periconv_cpu(_rows_contiguous(x.to(compute)), w, list(ch.lo), list(ch.hi), list(cw.lo), list(cw.hi))
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)  # the output keeps the input's layout, as F.conv2d
     return y.to(x.dtype)

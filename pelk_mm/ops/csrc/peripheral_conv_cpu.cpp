@@ -61,6 +61,32 @@ Cells make_cells(const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Element strides of an (N, C, H, W) tensor: the kernels read and write any layout (NCHW, channels_last, views)
+// in place, a row of a plane at a time.
+struct Strides {
+  int64_t n, c, h, w;
+  explicit Strides(const torch::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+  int64_t plane(int64_t p, int64_t C) const { return (p / C) * n + (p % C) * c; }
+};
+
+template <typename T>
+inline void row_in(T* dst, const T* src, int64_t W, int64_t sw) {
+  if (sw == 1) {
+    std::memcpy(dst, src, sizeof(T) * W);
+  } else {
+    for (int64_t j = 0; j < W; ++j) dst[j] = src[j * sw];
+  }
+}
+
+template <typename T>
+inline void row_out(T* dst, const T* src, int64_t W, int64_t sw) {
+  if (sw == 1) {
+    std::memcpy(dst, src, sizeof(T) * W);
+  } else {
+    for (int64_t j = 0; j < W; ++j) dst[j * sw] = src[j];
+  }
+}
+
 // Doubling ("sparse table") box sums along a padded row: lvl[k][j] = sum_{v < 2^k} row[j + v]. A cell of width s
 // starting at offset lo is the sum of popcount(s) shifted levels, so a whole grid costs ~log2(max s) + sum popcount
 // adds per pixel instead of K. Only short exact sums (no prefix differences), so rounding is like direct summation.
@@ -76,11 +102,11 @@ struct RowLevels {
   std::vector<std::vector<std::pair<int64_t, int64_t>>> terms;  // per W-cell: (level, offset into the slot)
 };
 
-// Levels of the rows src[0 .. nr) (each W long, nr <= kRowBlock) into slots 0 .. nr.
+// Levels of the rows src + r * sh (r < nr <= kRowBlock; W elements sw apart) into slots 0 .. nr.
 template <typename T>
-void load_rows(const T* src, int64_t W, int64_t nr, RowLevels<T>& lv, int64_t pl) {
+void load_rows(const T* src, int64_t sh, int64_t sw, int64_t W, int64_t nr, RowLevels<T>& lv, int64_t pl) {
   constexpr int VN = kVN<T>;
-  for (int64_t r = 0; r < nr; ++r) std::memcpy(lv.level(r, 0) + pl, src + r * W, sizeof(T) * W);
+  for (int64_t r = 0; r < nr; ++r) row_in(lv.level(r, 0) + pl, src + r * sh, W, sw);
   for (int64_t k = 1; k < lv.nlev; ++k) {
     const int64_t shift = int64_t(1) << (k - 1);
     const int64_t n = lv.len - (int64_t(1) << k) + 1;  // positions whose window stays inside the slot
@@ -114,10 +140,11 @@ void row_cells(const RowLevels<T>& lv, int64_t slot, int64_t W, int64_t Wp, T* d
 
 // Whole plane: dst[b, h, :] = row box sums of src[h, :] (layout [cell][row][Wp]).
 template <typename T>
-void row_box(const T* src, int64_t H, int64_t W, int64_t Wp, RowLevels<T>& lv, int64_t pl, T* dst) {
+void row_box(const T* src, int64_t sh, int64_t sw, int64_t H, int64_t W, int64_t Wp, RowLevels<T>& lv, int64_t pl,
+             T* dst) {
   for (int64_t h0 = 0; h0 < H; h0 += kRowBlock) {
     const int64_t nr = std::min<int64_t>(kRowBlock, H - h0);
-    load_rows(src + h0 * W, W, nr, lv, pl);
+    load_rows(src + h0 * sh, sh, sw, W, nr, lv, pl);
     for (int64_t r = 0; r < nr; ++r) row_cells(lv, r, W, Wp, dst + (h0 + r) * Wp, H * Wp);
   }
 }
@@ -167,41 +194,24 @@ void contract(const T* w, int64_t Ga, int64_t Gb, const T* src, int64_t L, int64
   else if (L - t0 == VN) contract_cols<T, 1>(w, Ga, Gb, src, S, t0, dst, D);
 }
 
-// dst[i, :] = sum_c sum_{r = i + lo_c}^{i + hi_c} src[c, r, :] over cells c (rows r in [0, H)); rows are Wp long.
-// sign = -1 uses the transposed box: rows i - [lo_c, hi_c].
-template <typename T>
-void col_box(const T* src, int64_t H, int64_t Wp, const int64_t* lo, const int64_t* hi, int64_t G, int64_t sign,
-             T* dst) {
+// out[m] = sum_{t0 <= t < t1} base[off[t] + m * VN .. + VN) for m < NV, over NC independent partial sums per vector
+// (a single chain of ~K dependent adds would be bound by the add latency, not its throughput).
+template <typename T, int NV, int NC>
+inline void sum_taps(const T* base, const int64_t* off, int64_t t0, int64_t t1, V<T>* out) {
   constexpr int VN = kVN<T>;
-  for (int64_t i = 0; i < H; ++i) {
-    int64_t j0 = 0;
-    for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {
-      V<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t c = 0; c < G; ++c) {
-        const int64_t e0 = sign > 0 ? i + lo[c] : i - hi[c], e1 = sign > 0 ? i + hi[c] : i - lo[c];
-        const int64_t r0 = std::max<int64_t>(0, e0), r1 = std::min<int64_t>(H - 1, e1);
-        const T* s = src + c * H * Wp + j0;
-        for (int64_t r = r0; r <= r1; ++r) {
-          a0 += vload(s + r * Wp);
-          a1 += vload(s + r * Wp + VN);
-          a2 += vload(s + r * Wp + 2 * VN);
-          a3 += vload(s + r * Wp + 3 * VN);
-        }
-      }
-      vstore(dst + i * Wp + j0, a0);
-      vstore(dst + i * Wp + j0 + VN, a1);
-      vstore(dst + i * Wp + j0 + 2 * VN, a2);
-      vstore(dst + i * Wp + j0 + 3 * VN, a3);
-    }
-    for (; j0 < Wp; j0 += VN) {
-      V<T> a0 = {};
-      for (int64_t c = 0; c < G; ++c) {
-        const int64_t e0 = sign > 0 ? i + lo[c] : i - hi[c], e1 = sign > 0 ? i + hi[c] : i - lo[c];
-        const int64_t r0 = std::max<int64_t>(0, e0), r1 = std::min<int64_t>(H - 1, e1);
-        for (int64_t r = r0; r <= r1; ++r) a0 += vload(src + c * H * Wp + r * Wp + j0);
-      }
-      vstore(dst + i * Wp + j0, a0);
-    }
+  V<T> acc[NC][NV];
+  for (int k = 0; k < NC; ++k)
+    for (int m = 0; m < NV; ++m) acc[k][m] = V<T>{};
+  int64_t t = t0;
+  for (; t + NC <= t1; t += NC)
+    for (int k = 0; k < NC; ++k)
+      for (int m = 0; m < NV; ++m) acc[k][m] += vload(base + off[t + k] + m * VN);
+  for (; t < t1; ++t)
+    for (int m = 0; m < NV; ++m) acc[0][m] += vload(base + off[t] + m * VN);
+  for (int m = 0; m < NV; ++m) {
+    V<T> v = acc[0][m];
+    for (int k = 1; k < NC; ++k) v += acc[k][m];
+    out[m] = v;
   }
 }
 
@@ -230,25 +240,17 @@ void col_taps(const T* src, int64_t H, int64_t Wp, const ColTaps& taps, T* dst) 
     const int64_t t0 = std::lower_bound(taps.u.begin(), taps.u.end(), -i) - taps.u.begin();
     const int64_t t1 = std::upper_bound(taps.u.begin(), taps.u.end(), H - 1 - i) - taps.u.begin();
     const T* base = src + i * Wp;
+    T* out = dst + i * Wp;
     int64_t j0 = 0;
     for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {
-      V<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t t = t0; t < t1; ++t) {
-        const T* q = base + off[t] + j0;
-        a0 += vload(q);
-        a1 += vload(q + VN);
-        a2 += vload(q + 2 * VN);
-        a3 += vload(q + 3 * VN);
-      }
-      vstore(dst + i * Wp + j0, a0);
-      vstore(dst + i * Wp + j0 + VN, a1);
-      vstore(dst + i * Wp + j0 + 2 * VN, a2);
-      vstore(dst + i * Wp + j0 + 3 * VN, a3);
+      V<T> acc[4];
+      sum_taps<T, 4, 2>(base + j0, off, t0, t1, acc);
+      for (int m = 0; m < 4; ++m) vstore(out + j0 + m * VN, acc[m]);
     }
     for (; j0 < Wp; j0 += VN) {
-      V<T> a0 = {};
-      for (int64_t t = t0; t < t1; ++t) a0 += vload(base + off[t] + j0);
-      vstore(dst + i * Wp + j0, a0);
+      V<T> acc[1];
+      sum_taps<T, 1, 4>(base + j0, off, t0, t1, acc);
+      vstore(out + j0, acc[0]);
     }
   }
 }
@@ -349,9 +351,61 @@ struct PlaneBuffers {
   }
 };
 
+// Transposed column box sums V[a, r, :] = sum_{u in cell a} g[r - u, :] (rows outside [0, H) zero) with doubling
+// levels along H: a plane padded with zero rows, L_k[t] = sum_{m < 2^k} L_0[t + m]; each cell's window is the sum
+// of popcount(width) shifted levels. Rows are Wp long and contiguous, so every level and term is one flat loop.
 template <typename T>
-void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H, int64_t W, const Cells& ch,
-                  const Cells& cw) {
+struct ColLevels {
+  int64_t nlev = 1, top = 0, rows = 0, Wp = 0;
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> terms;  // per H-cell: (level, first padded row - r)
+  at::Tensor storage;
+  T* data = nullptr;
+  ColLevels(const Cells& ch, int64_t H, int64_t Wp_) : Wp(Wp_) {
+    int64_t maxw = 1;
+    for (int64_t a = 0; a < ch.size(); ++a) maxw = std::max<int64_t>(maxw, ch.hi[a] - ch.lo[a] + 1);
+    while ((int64_t(1) << nlev) <= maxw) ++nlev;
+    top = std::max<int64_t>(0, ch.max_hi());
+    rows = top + H + std::max<int64_t>(0, -ch.min_lo());
+    for (int64_t a = 0; a < ch.size(); ++a) {  // window rows [r - hi_a, r - lo_a] = padded [r + top - hi_a, ...]
+      std::vector<std::pair<int64_t, int64_t>> ta;
+      int64_t o = top - ch.hi[a], left = ch.hi[a] - ch.lo[a] + 1;
+      for (int64_t k = nlev - 1; k >= 0; --k)
+        for (const int64_t step = int64_t(1) << k; left >= step; left -= step, o += step) ta.emplace_back(k, o);
+      terms.push_back(ta);
+    }
+    storage = at::zeros({nlev * rows * Wp}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    data = storage.data_ptr<T>();
+  }
+  T* level(int64_t k) const { return data + k * rows * Wp; }
+
+  // V (Ga planes of H x Wp) from the H x W plane g (rows sh, elements sw apart).
+  void box(const T* g, int64_t sh, int64_t sw, int64_t H, int64_t W, T* V) const {
+    constexpr int VN = kVN<T>;
+    T* l0 = level(0) + top * Wp;
+    for (int64_t i = 0; i < H; ++i) row_in(l0 + i * Wp, g + i * sh, W, sw);  // pads stay zero
+    for (int64_t k = 1; k < nlev; ++k) {
+      const T* prev = level(k - 1);
+      T* cur = level(k);
+      const int64_t shift = (int64_t(1) << (k - 1)) * Wp, n = (rows - (int64_t(1) << k) + 1) * Wp;
+      for (int64_t q = 0; q < n; q += VN) vstore(cur + q, vload(prev + q) + vload(prev + q + shift));
+    }
+    const int64_t L = H * Wp;
+    for (size_t a = 0; a < terms.size(); ++a) {
+      T* __restrict dst = V + a * L;
+      const auto& ta = terms[a];
+      const T* src = level(ta[0].first) + ta[0].second * Wp;
+      for (int64_t q = 0; q < L; q += VN) vstore(dst + q, vload(src + q));
+      for (size_t t = 1; t < ta.size(); ++t) {
+        src = level(ta[t].first) + ta[t].second * Wp;
+        for (int64_t q = 0; q < L; q += VN) vstore(dst + q, vload(dst + q) + vload(src + q));
+      }
+    }
+  }
+};
+
+template <typename T>
+void forward_impl(const T* x, const Strides& xs, const T* w, T* y, const Strides& ys, int64_t N, int64_t C, int64_t H,
+                  int64_t W, const Cells& ch, const Cells& cw) {
   const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
   const ColTaps taps(ch, H, Wp);
@@ -361,40 +415,15 @@ void forward_impl(const T* x, const T* w, T* y, int64_t N, int64_t C, int64_t H,
       const int64_t c = p % C;
       for (int64_t h0 = 0; h0 < H; h0 += kRowBlock) {  // row by row: a row's box sums (k' x Wp) stay in L1
         const int64_t nr = std::min<int64_t>(kRowBlock, H - h0);
-        load_rows(x + (p * H + h0) * W, W, nr, buf.lv, pl);
+        load_rows(x + xs.plane(p, C) + h0 * xs.h, xs.h, xs.w, W, nr, buf.lv, pl);
         for (int64_t r = 0; r < nr; ++r) {
           row_cells(buf.lv, r, W, Wp, buf.R, Wp);
           contract(w + c * Ga * Gb, Ga, Gb, buf.R, Wp, Wp, buf.Tm + (h0 + r) * Wp, H * Wp);
         }
       }
       col_taps(buf.Tm, H, Wp, taps, buf.acc);
-      T* out = y + p * H * W;
-      for (int64_t i = 0; i < H; ++i) std::memcpy(out + i * W, buf.acc + i * Wp, sizeof(T) * W);
-    }
-  });
-}
-
-template <typename T>
-void grad_weight_impl(const T* x, const T* gy, double* gw_planes, int64_t N, int64_t C, int64_t H, int64_t W,
-                      const Cells& ch, const Cells& cw) {
-  const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, kVN<T>);
-  const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
-  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-    PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
-    for (int64_t p = begin; p < end; ++p) {
-      row_box(x + p * H * W, H, W, Wp, buf.lv, pl, buf.R);
-      // gy rows padded to Wp with zeros, then V[a, r, :] = sum_{u in cell a} gy[r - u, :]
-      const T* g = gy + p * H * W;
-      for (int64_t i = 0; i < H; ++i) {
-        T* dst = buf.acc + i * Wp;
-        std::memcpy(dst, g + i * W, sizeof(T) * W);
-        std::fill(dst + W, dst + Wp, T(0));
-      }
-      for (int64_t a = 0; a < Ga; ++a)
-        col_box(buf.acc, H, Wp, ch.lo.data() + a, ch.hi.data() + a, 1, -1, buf.Tm + a * H * Wp);
-      double* out = gw_planes + p * Ga * Gb;
-      std::fill(out, out + Ga * Gb, 0.0);
-      gram(buf.Tm, Ga, buf.R, Gb, H * Wp, out);
+      T* out = y + ys.plane(p, C);
+      for (int64_t i = 0; i < H; ++i) row_out(out + i * ys.h, buf.acc + i * Wp, W, ys.w);
     }
   });
 }
@@ -413,12 +442,13 @@ struct RowTaps {
 };
 
 // Both gradients of one plane set in one pass, sharing V[a, r, :] = sum_{u in cell a} gy[r - u, :]:
-//   grad_w[a, b] = sum_{h, j} V[a, h, j] R[b, h, j]           (R = row box sums of x, as in grad_weight_impl)
+//   grad_w[a, b] = sum_{h, j} V[a, h, j] R[b, h, j]           (R = row box sums of x)
 //   grad_x[h, j] = sum_b sum_{v in cell b} U[b, h, j - v]     with U[b, h, :] = sum_a w[a, b] V[a, h, :]
 // (the transpose of the forward: column boxes, contraction with w^T, then row boxes). Either output may be skipped.
 template <typename T>
-void backward_impl(const T* x, const T* gy, const T* wt, T* gx, double* gw_planes, int64_t N, int64_t C, int64_t H,
-                   int64_t W, const Cells& ch, const Cells& cw) {
+void backward_impl(const T* x, const Strides& xs, const T* gy, const Strides& gs, const T* wt, T* gx,
+                   const Strides& gxs, double* gw_planes, int64_t N, int64_t C, int64_t H, int64_t W, const Cells& ch,
+                   const Cells& cw) {
   constexpr int VN = kVN<T>;
   const int64_t Ga = ch.size(), Gb = cw.size(), Wp = round_up(W, VN);
   const int64_t pl = std::max<int64_t>(0, -cw.min_lo()), pr = std::max<int64_t>(0, cw.max_hi()) + (Wp - W);
@@ -426,37 +456,36 @@ void backward_impl(const T* x, const T* gy, const T* wt, T* gx, double* gw_plane
   const int64_t ntaps = static_cast<int64_t>(rtaps.off.size());
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
+    const ColLevels<T> cl(ch, H, Wp);
     at::Tensor ustore = at::zeros({Gb * rtaps.len}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     T* U = ustore.data_ptr<T>();
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
-      const T* g = gy + p * H * W;
-      for (int64_t i = 0; i < H; ++i) {  // gy rows padded to Wp with zeros
-        T* dst = buf.acc + i * Wp;
-        std::memcpy(dst, g + i * W, sizeof(T) * W);
-        std::fill(dst + W, dst + Wp, T(0));
-      }
-      for (int64_t a = 0; a < Ga; ++a)
-        col_box(buf.acc, H, Wp, ch.lo.data() + a, ch.hi.data() + a, 1, -1, buf.Tm + a * H * Wp);
+      cl.box(gy + gs.plane(p, C), gs.h, gs.w, H, W, buf.Tm);  // V
       if (gw_planes != nullptr) {
-        row_box(x + p * H * W, H, W, Wp, buf.lv, pl, buf.R);
+        row_box(x + xs.plane(p, C), xs.h, xs.w, H, W, Wp, buf.lv, pl, buf.R);
         double* out = gw_planes + p * Ga * Gb;
         std::fill(out, out + Ga * Gb, 0.0);
         gram(buf.Tm, Ga, buf.R, Gb, H * Wp, out);
       }
       if (gx != nullptr) {
-        T* out = gx + p * H * W;
+        T* out = gx + gxs.plane(p, C);
         for (int64_t h = 0; h < H; ++h) {
           contract(wt + c * Ga * Gb, Gb, Ga, buf.Tm + h * Wp, Wp, H * Wp, U + rtaps.pl_u, rtaps.len);
-          for (int64_t j0 = 0; j0 < Wp; j0 += VN) {  // U's tail (j >= W) is zero: V of the zero-padded gy
-            V<T> acc = {};
-            for (int64_t t = 0; t < ntaps; ++t) acc += vload(U + rtaps.off[t] + j0);
-            if (j0 + VN <= W) {
-              vstore(out + h * W + j0, acc);
-            } else {
-              for (int64_t k = 0; j0 + k < W; ++k) out[h * W + j0 + k] = acc[k];
-            }
+          // U's tail (j >= W) is zero: V of the zero-padded gy; the row (Wp) is assembled in acc, then cropped
+          T* row = buf.acc;
+          int64_t j0 = 0;
+          for (; j0 + 4 * VN <= Wp; j0 += 4 * VN) {
+            V<T> acc[4];
+            sum_taps<T, 4, 2>(U + j0, rtaps.off.data(), 0, ntaps, acc);
+            for (int m = 0; m < 4; ++m) vstore(row + j0 + m * VN, acc[m]);
           }
+          for (; j0 < Wp; j0 += VN) {
+            V<T> acc[1];
+            sum_taps<T, 1, 4>(U + j0, rtaps.off.data(), 0, ntaps, acc);
+            vstore(row + j0, acc[0]);
+          }
+          row_out(out + h * gxs.h, row, W, gxs.w);
         }
       }
     }
@@ -472,12 +501,11 @@ void check_x(const torch::Tensor& x, const char* name) {
 
 }  // namespace
 
-// y = peripheral conv of x (N, C, H, W) with block weights w (C, Gh, Gw) over the given cells.
+// y = peripheral conv of x (N, C, H, W), any memory layout (y has x's), with block weights w (C, Gh, Gw).
 torch::Tensor forward(torch::Tensor x, torch::Tensor w, std::vector<int64_t> lo_h, std::vector<int64_t> hi_h,
                       std::vector<int64_t> lo_w, std::vector<int64_t> hi_w) {
   check_x(x, "x");
   const Cells ch = make_cells(lo_h, hi_h, "H"), cw = make_cells(lo_w, hi_w, "W");
-  x = x.contiguous();
   w = w.to(x.scalar_type()).contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(w.dim() == 3 && w.size(0) == C && w.size(1) == ch.size() && w.size(2) == cw.size(), "w must be (C, Gh, "
@@ -485,33 +513,14 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor w, std::vector<int64_t> lo_
   auto y = torch::empty_like(x);
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pelk_periconv_forward", [&] {
-    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, C, H, W, ch,
-                           cw);
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), Strides(x), w.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                           Strides(y), N, C, H, W, ch, cw);
   });
   return y;
 }
 
-// grad of sum(gy * y) w.r.t. the block weights: (C, Gh, Gw), accumulated in float64.
-torch::Tensor grad_weight(torch::Tensor x, torch::Tensor gy, std::vector<int64_t> lo_h, std::vector<int64_t> hi_h,
-                          std::vector<int64_t> lo_w, std::vector<int64_t> hi_w) {
-  check_x(x, "x");
-  check_x(gy, "grad_output");
-  TORCH_CHECK(x.sizes() == gy.sizes(), "x and grad_output shapes differ: ", x.sizes(), " vs ", gy.sizes());
-  const Cells ch = make_cells(lo_h, hi_h, "H"), cw = make_cells(lo_w, hi_w, "W");
-  x = x.contiguous();
-  gy = gy.to(x.scalar_type()).contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto planes = torch::zeros({N, C, ch.size(), cw.size()}, x.options().dtype(at::kDouble));
-  if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pelk_periconv_grad_weight", [&] {
-      grad_weight_impl<scalar_t>(x.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), planes.data_ptr<double>(), N, C, H,
-                                 W, ch, cw);
-    });
-  }
-  return planes.sum(0).to(x.scalar_type());
-}
-
-// (grad_x, grad_w) of y = forward(x, w) for grad_output gy; a skipped one is returned undefined (None).
+// (grad_x, grad_w) of y = forward(x, w) for grad_output gy (any layouts; grad_x has x's); a skipped one is returned
+// undefined (None). grad_w (C, Gh, Gw) is accumulated in float64.
 std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor gy, torch::Tensor w, std::vector<int64_t> lo_h,
                                     std::vector<int64_t> hi_h, std::vector<int64_t> lo_w, std::vector<int64_t> hi_w,
                                     bool need_gx, bool need_gw) {
@@ -519,8 +528,7 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor gy, torch::Te
   check_x(gy, "grad_output");
   TORCH_CHECK(x.sizes() == gy.sizes(), "x and grad_output shapes differ: ", x.sizes(), " vs ", gy.sizes());
   const Cells ch = make_cells(lo_h, hi_h, "H"), cw = make_cells(lo_w, hi_w, "W");
-  x = x.contiguous();
-  gy = gy.to(x.scalar_type()).contiguous();
+  gy = gy.to(x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(w.dim() == 3 && w.size(0) == C && w.size(1) == ch.size() && w.size(2) == cw.size(), "w must be (C, Gh, "
               "Gw) = (", C, ", ", ch.size(), ", ", cw.size(), "), got ", w.sizes());
@@ -530,8 +538,9 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor gy, torch::Te
   if (need_gw) planes = torch::zeros({N, C, ch.size(), cw.size()}, x.options().dtype(at::kDouble));
   if (x.numel() > 0 && (need_gx || need_gw)) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pelk_periconv_backward", [&] {
-      backward_impl<scalar_t>(x.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-                              need_gx ? gx.data_ptr<scalar_t>() : nullptr,
+      const Strides gxs = need_gx ? Strides(gx) : Strides(x);
+      backward_impl<scalar_t>(x.data_ptr<scalar_t>(), Strides(x), gy.data_ptr<scalar_t>(), Strides(gy),
+                              wt.data_ptr<scalar_t>(), need_gx ? gx.data_ptr<scalar_t>() : nullptr, gxs,
                               need_gw ? planes.data_ptr<double>() : nullptr, N, C, H, W, ch, cw);
     });
   }
@@ -543,5 +552,4 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor gy, torch::Te
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "peripheral conv forward (CPU, structure-aware)");
   m.def("backward", &backward, "peripheral conv (grad_x, grad_w), one fused pass (CPU, structure-aware)");
-  m.def("grad_weight", &grad_weight, "peripheral conv grad wrt block weights (CPU, structure-aware)");
 }
