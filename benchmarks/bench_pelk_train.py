@@ -3,11 +3,14 @@
 head, default peripheral-conv implementation (``auto``) vs the dense reference, with peak memory.
 
     python benchmarks/bench_pelk_train.py [--arch tiny] [--size 224] [--batch 2] [--iters 3] [--impls auto dense]
-                                         [--out work_dirs/benchmarks/pelk_train.json]
+                                         [--bound] [--out work_dirs/benchmarks/pelk_train.json]
 
-Prints a markdown table and writes JSON. Peak memory on CPU is the peak RSS growth of this process during the
-timed steps (``resource.getrusage``, so run one implementation per process for a clean number: ``--impls auto``);
-on CUDA it is ``torch.cuda.max_memory_allocated``.
+Each implementation runs in its own fresh process, so its peak memory is clean: on CPU the process's peak resident
+set (``ru_maxrss``: weights, optimizer state and the step's activations, the same model for every row), on CUDA
+``torch.cuda.max_memory_allocated``. ``--bound`` adds a row ``none`` in which the peripheral convolution is replaced
+by the identity (everything else of the step unchanged): no implementation can beat that step, so
+``dense / none`` is the largest end-to-end speed-up any peripheral-conv implementation could give on this machine.
+Prints a markdown table and writes JSON.
 """
 import argparse
 import json
@@ -16,43 +19,46 @@ import os.path as osp
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import torch  # noqa: E402
-
-from pelk_mm.models import PeLK  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arch', default='tiny')
     p.add_argument('--size', type=int, default=224)
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--iters', type=int, default=3, help='timed steps (after one warm-up step)')
     p.add_argument('--impls', nargs='+', default=['auto', 'dense'])
+    p.add_argument('--bound', action='store_true', help='add the "none" row (peripheral conv replaced by identity)')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--device', default='cpu')
-    p.add_argument('--out', default='work_dirs/benchmarks/pelk_train.json')
-    args = p.parse_args()
+    p.add_argument('--out', default=osp.join(ROOT, 'work_dirs', 'benchmarks', 'pelk_train.json'))
+    p.add_argument('--worker', help=argparse.SUPPRESS)  # internal: run one implementation, print its row as JSON
+    args = p.parse_args(argv)
     if args.batch < 1 or args.iters < 1 or args.size < 32:
         p.error(f'--batch and --iters must be >= 1 and --size >= 32, got {args.batch}, {args.iters}, {args.size}')
     return args
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def bench(impl: str, args) -> dict:
+    """One implementation in this process (``impl='none'``: the peripheral conv is the identity)."""
+    sys.path.insert(0, ROOT)
+    import torch
+
+    from pelk_mm.models import PeLK
+    from pelk_mm.models.layers import peripheral_conv as layer
+    torch.set_num_threads(args.threads)
+    if impl == 'none':
+        layer.peripheral_conv2d = lambda x, weight, grid, impl='auto': x
     torch.manual_seed(0)
     device = torch.device(args.device)
-    backbone = PeLK(arch=args.arch, conv_impl=impl).to(device)
+    backbone = PeLK(arch=args.arch, conv_impl='auto' if impl == 'none' else impl).to(device)
     head = torch.nn.Linear(backbone.channels[-1], 1000).to(device)
-    params = list(backbone.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=1e-4)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 1000, (args.batch, ), device=device)
 
@@ -67,34 +73,48 @@ def bench(impl: str, args) -> dict:
     step()  # warm-up (and the one-time C++ extension load)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    rss0 = peak_rss_mb()
     times = []
     for _ in range(args.iters):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == 'cuda' else peak_rss_mb() - rss0)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == 'cuda' else
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     med = statistics.median(times)
-    return dict(impl=impl, step_s=med, it_per_s=1 / med, img_per_s=args.batch / med, peak_mb=peak, times=times)
+    return dict(impl=impl, step_s=med, it_per_s=1 / med, img_per_s=args.batch / med, peak_mb=peak, times=times,
+                torch=torch.__version__)
 
 
-def main():
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    rows = [bench(impl, args) for impl in args.impls]
+def run_isolated(impl: str, argv) -> dict:
+    cmd = [sys.executable, osp.abspath(__file__), *argv, '--worker', impl]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f'benchmark of impl={impl!r} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(bench(args.worker, args)))
+        return
+    impls = list(args.impls) + (['none'] if args.bound and 'none' not in args.impls else [])
+    rows = [run_isolated(impl, argv) for impl in impls]
     ref = next((r for r in rows if r['impl'] == 'dense'), None)
+    mem = 'peak MB (CUDA allocated)' if args.device.startswith('cuda') else 'peak RSS MB (process)'
     print(f'PeLK-{args.arch} training step, batch {args.batch}, {args.size}x{args.size}, {args.device}, '
-          f'{args.threads} threads, torch {torch.__version__}')
-    print('| impl | s / step | it/s | img/s | peak MB (RSS growth) | speed-up vs dense |')
+          f'{args.threads} threads, torch {rows[0]["torch"]}')
+    print(f'| impl | s / step | it/s | img/s | {mem} | speed-up vs dense |')
     print('|---|---|---|---|---|---|')
     for r in rows:
         speed = f"{ref['step_s'] / r['step_s']:.1f}x" if ref else '-'
-        print(f"| {r['impl']} | {r['step_s']:.3f} | {r['it_per_s']:.3f} | {r['img_per_s']:.2f} | "
+        name = 'none (conv = identity: the bound)' if r['impl'] == 'none' else r['impl']
+        print(f"| {name} | {r['step_s']:.3f} | {r['it_per_s']:.3f} | {r['img_per_s']:.2f} | "
               f"{r['peak_mb']:.0f} | {speed} |")
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
-        json.dump(dict(args=vars(args), machine=platform.processor() or platform.machine(),
-                       torch=torch.__version__, rows=rows), f, indent=2)
+        json.dump(dict(args=vars(args), machine=platform.processor() or platform.machine(), rows=rows), f, indent=2)
     print(f'wrote {args.out}')
 
 

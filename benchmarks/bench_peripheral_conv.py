@@ -2,7 +2,8 @@
 
 Per implementation and input layout: median forward time (``torch.no_grad``), median forward+backward time
 (grads for x and the block weights), peak memory of each, and ratios to the dense NCHW reference and to a 7x7
-depthwise ``F.conv2d`` in the same layout - all measured in one run.
+depthwise ``F.conv2d`` in the same layout - all measured in one run. The 7x7 ratio is the median over interleaved
+(implementation, 7x7) pairs, so machine noise hits both sides of each pair alike.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the live bytes before the call; on CPU the peak of the
 running sum of allocations/frees that ``torch.profiler`` (``profile_memory=True``) records for the call (each op's
@@ -90,6 +91,22 @@ def _median_time(fn: Callable[[], None], device, reps: int, budget_s: float) -> 
     return statistics.median(times)
 
 
+def _paired_ratio(fn: Callable[[], None], ref: Callable[[], None], device, reps: int) -> float:
+    """Median of ``time(fn) / time(ref)`` over ``reps`` back-to-back pairs: on a shared or throttling machine both
+    sides of each pair see the same conditions, so the ratio is far steadier than a ratio of two separate medians."""
+    ratios = []
+    for _ in range(reps):
+        pair = []
+        for f in (fn, ref):
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            pair.append(time.perf_counter() - t0)
+        ratios.append(pair[0] / pair[1])
+    return statistics.median(ratios)
+
+
 def _peak_bytes(fn: Callable[[], None], device) -> int:
     """Peak extra bytes allocated during ``fn`` (see module docstring for the method)."""
     if device.type == 'cuda':
@@ -145,6 +162,7 @@ def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget
         w = (0.02 * torch.randn(c, 1, len(grid), len(grid), generator=gen)).to(device, dtype).requires_grad_(True)
         gy = torch.randn(x.shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
         names = ['dw7'] + [i for i in impls if not (skip_dense and i == 'dense')]
+        dw7_runs = _make_runs('dw7', x, w, grid, gy)
         if layout == 'channels_last':
             names = [i for i in names if i not in ('dense',)]  # the reference row is NCHW
         for impl in names:
@@ -156,6 +174,10 @@ def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget
                 row = dict(N=n, C=c, H=hw, W=hw, K=k, G=len(grid), layout=layout, impl=impl, runs=chosen,
                            fwd_ms=1e3 * _median_time(fwd, device, reps, budget_s),
                            fwd_bwd_ms=1e3 * _median_time(fwd_bwd, device, reps, budget_s))
+                # ratio to the 7x7 depthwise conv of this layout from interleaved pairs (skipped for slow rows)
+                for key, fn, ref in (('fwd', fwd, dw7_runs[0]), ('fwd_bwd', fwd_bwd, dw7_runs[1])):
+                    fast = impl != 'dw7' and row[f'{key}_ms'] * max(reps, 5) < 1e3 * budget_s
+                    row[f'paired_ratio_to_dw7_{key}'] = _paired_ratio(fn, ref, device, max(reps, 5)) if fast else None
                 # memory: one extra profiled run each, skipped when a single run is over the time budget
                 for key, fn in (('fwd', fwd), ('fwd_bwd', fwd_bwd)):
                     slow = row[f'{key}_ms'] > 1e3 * budget_s
@@ -177,7 +199,9 @@ def _add_ratios(rows: List[Dict]) -> None:
         for key in ('fwd_ms', 'fwd_bwd_ms'):
             tag = key[:-3]
             r[f'speedup_vs_dense_nchw_{tag}'] = dense[key] / r[key] if dense else None
-            r[f'ratio_to_dw7_same_layout_{tag}'] = r[key] / dw7[r['layout']][key] if r['layout'] in dw7 else None
+            paired = r.get(f'paired_ratio_to_dw7_{tag}')
+            r[f'ratio_to_dw7_same_layout_{tag}'] = paired if paired is not None else (
+                r[key] / dw7[r['layout']][key] if r['layout'] in dw7 else None)
 
 
 def _fmt(v: Optional[float], spec: str) -> str:

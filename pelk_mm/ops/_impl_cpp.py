@@ -93,7 +93,7 @@ def _build():
 def periconv_cpu(x: torch.Tensor, w: torch.Tensor, lo_h: List[int], hi_h: List[int], lo_w: List[int],
                  hi_w: List[int]) -> torch.Tensor:
     """``(N, C, H, W)`` float32/64 in any memory layout, ``w`` ``(C, Gh, Gw)`` -> ``(N, C, H, W)`` in ``x``'s layout
-    (the kernel reads and writes strided rows in place: no layout copies for channels_last)."""
+    (no layout copies: unit-stride rows are read in place, channels_last blocks of channels transposed in the kernel)."""
     return extension().forward(x, w, lo_h, hi_h, lo_w, hi_w)
 
 
@@ -128,16 +128,9 @@ def _(x, gy, w, lo_h, hi_h, lo_w, hi_w):
     return x.new_empty((x.shape[1], len(lo_h), len(lo_w)))
 
 
-def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """The kernels read strided rows in place (NCHW, channel slices); when the row elements themselves are strided
-    (channels_last), one blocked layout copy by PyTorch is cheaper than gathering every row element by element."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _backward(ctx, gy):
     x, w = ctx.saved_tensors
     lo_h, hi_h, lo_w, hi_w = ctx.cells
-    gy = _rows_contiguous(gy)
     gx = gw = None
     if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
         gx, gw = periconv_cpu_backward(x, gy, w, lo_h, hi_h, lo_w, hi_w)
@@ -162,7 +155,5 @@ def cpp_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[
     ch, cw = axis_cells(grid, H), axis_cells(grid, W)
     compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     w = crop_weight(weight, ch, cw).to(compute).contiguous()
-    y = periconv_cpu(_rows_contiguous(x.to(compute)), w, list(ch.lo), list(ch.hi), list(cw.lo), list(cw.hi))
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)  # the output keeps the input's layout, as F.conv2d
+    y = periconv_cpu(x.to(compute), w, list(ch.lo), list(ch.hi), list(cw.lo), list(cw.hi))
     return y.to(x.dtype)

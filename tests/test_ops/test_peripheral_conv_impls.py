@@ -161,15 +161,18 @@ def test_cpp_single_gradient_paths(case):
         assert rel_err(a, b) <= TOL[torch.float64], (name, rel_err(a, b))
 
 
-@pytest.mark.parametrize('view', ['channels_last', 'channel_slice', 'channels_last_slice', 'strided_w'])
+@pytest.mark.parametrize('view', ['channels_last', 'channel_slice', 'channels_last_slice', 'strided_w',
+                                  'channels_last_37ch'])
 def test_cpp_reads_and_writes_any_layout(view):
-    """The C++ kernels read/write strided rows in place: channels_last in -> channels_last out (no layout copy), and
-    views (the partial conv's channel split, a strided slice) give the reference result and gradients."""
+    """The C++ kernels take any layout without a copy: unit-stride rows in place (the partial conv's channel split),
+    channels_last through in-kernel blocks of 16 channels (37 channels: partial blocks, blocks across images);
+    channels_last in -> channels_last out. Results and gradients equal the reference."""
     if _impl_cpp.extension() is None:
         pytest.skip(f'C++ extension unavailable: {_impl_cpp.unavailable_reason()}')
     grid = peripheral_grid(13)
-    base, wt = make(2, 6, 9, 22, grid, torch.float64, seed=6)
+    base, wt = make(2, 37 if view.endswith('37ch') else 6, 9, 22, grid, torch.float64, seed=6)
     x = {'channels_last': base.contiguous(memory_format=torch.channels_last),
+         'channels_last_37ch': base.contiguous(memory_format=torch.channels_last),
          'channel_slice': base[:, 1:4],
          'channels_last_slice': base.contiguous(memory_format=torch.channels_last)[:, 2:5],
          'strided_w': base[..., ::2]}[view]
@@ -177,7 +180,7 @@ def test_cpp_reads_and_writes_any_layout(view):
     x.requires_grad_(True)
     w = wt[:x.shape[1]].clone().requires_grad_(True)
     y = peripheral_conv2d(x, w, grid, 'cpp')
-    if view == 'channels_last':
+    if view.startswith('channels_last') and not view.endswith('slice'):
         assert y.is_contiguous(memory_format=torch.channels_last)
     gy = torch.randn(y.shape, dtype=torch.float64)
     gx, gw = torch.autograd.grad(y, (x, w), gy)
@@ -367,3 +370,22 @@ def test_benchmark_quick_smoke(tmp_path):
     assert {r['impl'] for r in rows} == {'dw7', 'auto', 'box', 'dense'}
     assert all(r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0 for r in data['rows'])
     assert '| N,C,HxW,K' in data['table']
+    assert all(r['paired_ratio_to_dw7_fwd_bwd'] > 0 for r in data['rows'] if r['impl'] != 'dw7')
+
+
+def test_train_benchmark_smoke(tmp_path):
+    """``benchmarks/bench_pelk_train.py`` runs each implementation in its own process (clean peak memory) and the
+    ``--bound`` row replaces the peripheral conv by the identity."""
+    import json
+    import subprocess
+    import sys
+    path = os.path.join(os.path.dirname(__file__), '..', '..', 'benchmarks', 'bench_pelk_train.py')
+    out = tmp_path / 'train.json'
+    proc = subprocess.run([sys.executable, path, '--size', '64', '--batch', '1', '--iters', '1', '--threads', '1',
+                           '--impls', 'auto', '--bound', '--out', str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r['impl']: r for r in json.loads(out.read_text())['rows']}
+    assert set(rows) == {'auto', 'none'}
+    assert all(r['step_s'] > 0 and r['peak_mb'] > 100 for r in rows.values())
+    assert 'none (conv = identity: the bound)' in proc.stdout

@@ -69,6 +69,92 @@ struct Strides {
   int64_t plane(int64_t p, int64_t C) const { return (p / C) * n + (p % C) * c; }
 };
 
+// Plane access for layouts whose rows are not contiguous (channels_last: a row's elements are C apart). A block of
+// up to kChanBlock consecutive channels of one image is transposed into (PlaneIn) or out of (PlaneOut) NCHW planes in
+// thread-local scratch, moving each pixel's channels as one contiguous run instead of touching a cache line per
+// element. Rows with unit stride (NCHW, channel slices) are used in place. Planes must be visited in increasing order.
+constexpr int64_t kChanBlock = 16;
+
+template <typename T>
+struct PlaneBlock {
+  Strides s;
+  int64_t C, HW, W;
+  bool direct;
+  at::Tensor store;
+  T* buf = nullptr;
+  int64_t blk0 = -1, nb = 0;
+  PlaneBlock(const Strides& s_, int64_t C_, int64_t H, int64_t W_) : s(s_), C(C_), HW(H * W_), W(W_), direct(s_.w == 1) {
+    if (!direct) {
+      store = at::empty({kChanBlock * HW}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+      buf = store.data_ptr<T>();
+    }
+  }
+  bool begin_block(int64_t p, int64_t end) {  // true if p starts a new block (blk0, nb updated)
+    if (p >= blk0 && p < blk0 + nb) return false;
+    blk0 = p;
+    nb = std::min<int64_t>({kChanBlock, C - p % C, end - p});
+    return true;
+  }
+  // element (k, i) of the block <-> tensor offset, i = h * W + w
+  int64_t offset(int64_t k, int64_t i) const {
+    const int64_t p = blk0 + k;
+    return s.plane(p, C) + (i / W) * s.h + (i % W) * s.w;
+  }
+};
+
+template <typename T>
+struct PlaneIn : PlaneBlock<T> {
+  const T* base;
+  PlaneIn(const T* base_, const Strides& s_, int64_t C_, int64_t H, int64_t W_)
+      : PlaneBlock<T>(s_, C_, H, W_), base(base_) {}
+  const T* get(int64_t p, int64_t end, int64_t& sh, int64_t& sw) {
+    if (this->direct) {
+      sh = this->s.h;
+      sw = this->s.w;
+      return base + this->s.plane(p, this->C);
+    }
+    if (this->begin_block(p, end)) {
+      const int64_t HW = this->HW, nb = this->nb, sc = this->s.c;
+      for (int64_t i = 0; i < HW; ++i) {
+        const T* q = base + this->offset(0, i);
+        for (int64_t k = 0; k < nb; ++k) this->buf[k * HW + i] = q[k * sc];
+      }
+    }
+    sh = this->W;
+    sw = 1;
+    return this->buf + (p - this->blk0) * this->HW;
+  }
+};
+
+template <typename T>
+struct PlaneOut : PlaneBlock<T> {
+  T* base;
+  PlaneOut(T* base_, const Strides& s_, int64_t C_, int64_t H, int64_t W_)
+      : PlaneBlock<T>(s_, C_, H, W_), base(base_) {}
+  T* get(int64_t p, int64_t end, int64_t& sh, int64_t& sw) {
+    if (this->direct) {
+      sh = this->s.h;
+      sw = this->s.w;
+      return base + this->s.plane(p, this->C);
+    }
+    if (p < this->blk0 || p >= this->blk0 + this->nb) flush();
+    this->begin_block(p, end);
+    sh = this->W;
+    sw = 1;
+    return this->buf + (p - this->blk0) * this->HW;
+  }
+  void flush() {  // write the finished block back
+    if (this->direct || this->blk0 < 0) return;
+    const int64_t HW = this->HW, nb = this->nb, sc = this->s.c;
+    for (int64_t i = 0; i < HW; ++i) {
+      T* q = base + this->offset(0, i);
+      for (int64_t k = 0; k < nb; ++k) q[k * sc] = this->buf[k * HW + i];
+    }
+    this->blk0 = -1;
+    this->nb = 0;
+  }
+};
+
 template <typename T>
 inline void row_in(T* dst, const T* src, int64_t W, int64_t sw) {
   if (sw == 1) {
@@ -411,20 +497,25 @@ void forward_impl(const T* x, const Strides& xs, const T* w, T* y, const Strides
   const ColTaps taps(ch, H, Wp);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     PlaneBuffers<T> buf(H, Wp, pl, pr, cw, Ga);
+    PlaneIn<T> xin(x, xs, C, H, W);
+    PlaneOut<T> yout(y, ys, C, H, W);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
+      int64_t sh, sw, oh, ow;
+      const T* xp = xin.get(p, end, sh, sw);
       for (int64_t h0 = 0; h0 < H; h0 += kRowBlock) {  // row by row: a row's box sums (k' x Wp) stay in L1
         const int64_t nr = std::min<int64_t>(kRowBlock, H - h0);
-        load_rows(x + xs.plane(p, C) + h0 * xs.h, xs.h, xs.w, W, nr, buf.lv, pl);
+        load_rows(xp + h0 * sh, sh, sw, W, nr, buf.lv, pl);
         for (int64_t r = 0; r < nr; ++r) {
           row_cells(buf.lv, r, W, Wp, buf.R, Wp);
           contract(w + c * Ga * Gb, Ga, Gb, buf.R, Wp, Wp, buf.Tm + (h0 + r) * Wp, H * Wp);
         }
       }
       col_taps(buf.Tm, H, Wp, taps, buf.acc);
-      T* out = y + ys.plane(p, C);
-      for (int64_t i = 0; i < H; ++i) row_out(out + i * ys.h, buf.acc + i * Wp, W, ys.w);
+      T* out = yout.get(p, end, oh, ow);
+      for (int64_t i = 0; i < H; ++i) row_out(out + i * oh, buf.acc + i * Wp, W, ow);
     }
+    yout.flush();
   });
 }
 
@@ -459,17 +550,23 @@ void backward_impl(const T* x, const Strides& xs, const T* gy, const Strides& gs
     const ColLevels<T> cl(ch, H, Wp);
     at::Tensor ustore = at::zeros({Gb * rtaps.len}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     T* U = ustore.data_ptr<T>();
+    PlaneIn<T> gin(gy, gs, C, H, W), xin(x, xs, C, H, W);
+    PlaneOut<T> gxout(gx, gxs, C, H, W);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % C;
-      cl.box(gy + gs.plane(p, C), gs.h, gs.w, H, W, buf.Tm);  // V
+      int64_t sh, sw;
+      const T* gp = gin.get(p, end, sh, sw);
+      cl.box(gp, sh, sw, H, W, buf.Tm);  // V
       if (gw_planes != nullptr) {
-        row_box(x + xs.plane(p, C), xs.h, xs.w, H, W, Wp, buf.lv, pl, buf.R);
+        const T* xp = xin.get(p, end, sh, sw);
+        row_box(xp, sh, sw, H, W, Wp, buf.lv, pl, buf.R);
         double* out = gw_planes + p * Ga * Gb;
         std::fill(out, out + Ga * Gb, 0.0);
         gram(buf.Tm, Ga, buf.R, Gb, H * Wp, out);
       }
       if (gx != nullptr) {
-        T* out = gx + gxs.plane(p, C);
+        int64_t oh, ow;
+        T* out = gxout.get(p, end, oh, ow);
         for (int64_t h = 0; h < H; ++h) {
           contract(wt + c * Ga * Gb, Gb, Ga, buf.Tm + h * Wp, Wp, H * Wp, U + rtaps.pl_u, rtaps.len);
           // U's tail (j >= W) is zero: V of the zero-padded gy; the row (Wp) is assembled in acc, then cropped
@@ -485,10 +582,11 @@ void backward_impl(const T* x, const Strides& xs, const T* gy, const Strides& gs
             sum_taps<T, 1, 4>(U + j0, rtaps.off.data(), 0, ntaps, acc);
             vstore(row + j0, acc[0]);
           }
-          row_out(out + h * gxs.h, row, W, gxs.w);
+          row_out(out + h * oh, row, W, ow);
         }
       }
     }
+    if (gx != nullptr) gxout.flush();
   });
 }
 
