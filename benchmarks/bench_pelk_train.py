@@ -4,6 +4,10 @@ head, default peripheral-conv implementation (``auto``) vs the dense reference, 
 
     python benchmarks/bench_pelk_train.py [--arch tiny] [--size 224] [--batch 2] [--iters 3] [--impls auto dense]
                                          [--bound] [--out work_dirs/benchmarks/pelk_train.json]
+    python benchmarks/bench_pelk_train.py --config configs/demo/pelk_demo_in1k.py   # that config's backbone,
+                                         # image size (img_size / RandomResizedCrop) and train batch size
+
+The step runs on random tensors (no data loading), so it measures the model and optimizer only.
 
 Each implementation runs in its own fresh process, so its peak memory is clean: on CPU the process's peak resident
 set (``ru_maxrss``: weights, optimizer state and the step's activations, the same model for every row), on CUDA
@@ -28,9 +32,10 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', help='take the backbone, image size and batch size from this config file')
     p.add_argument('--arch', default='tiny')
-    p.add_argument('--size', type=int, default=224)
-    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--size', type=int, default=None, help='default 224, or the config\'s image size')
+    p.add_argument('--batch', type=int, default=None, help='default 2, or the config\'s train batch size')
     p.add_argument('--iters', type=int, default=3, help='timed steps (after one warm-up step)')
     p.add_argument('--impls', nargs='+', default=['auto', 'dense'])
     p.add_argument('--bound', action='store_true', help='add the "none" row (peripheral conv replaced by identity)')
@@ -39,9 +44,35 @@ def parse_args(argv=None):
     p.add_argument('--out', default=osp.join(ROOT, 'work_dirs', 'benchmarks', 'pelk_train.json'))
     p.add_argument('--worker', help=argparse.SUPPRESS)  # internal: run one implementation, print its row as JSON
     args = p.parse_args(argv)
+    args.backbone, args.num_classes = dict(arch=args.arch), 1000
+    if args.config:
+        _from_config(args, p)
+    args.size = 224 if args.size is None else args.size
+    args.batch = 2 if args.batch is None else args.batch
     if args.batch < 1 or args.iters < 1 or args.size < 32:
         p.error(f'--batch and --iters must be >= 1 and --size >= 32, got {args.batch}, {args.iters}, {args.size}')
     return args
+
+
+def _from_config(args, parser) -> None:
+    """Fill the backbone kwargs, image size, batch size and classes from ``args.config`` (explicit flags win)."""
+    sys.path.insert(0, ROOT)
+    from pelk_mm.apis.launch import LaunchError, load_config
+    try:
+        cfg = load_config(args.config)
+    except LaunchError as err:
+        parser.error(str(err))
+    backbone = dict(cfg.model.get('backbone', {}))
+    if not str(backbone.pop('type', '')).split('.')[-1] == 'PeLK':
+        parser.error(f'--config {args.config}: model.backbone is not a PeLK backbone; pass a pelk_mm config')
+    backbone.pop('init_cfg', None)
+    args.backbone = backbone
+    args.num_classes = cfg.model.get('head', {}).get('num_classes', 1000)
+    if args.size is None:
+        crops = [t.get('scale') for t in cfg.get('train_pipeline', []) if t.get('type') == 'RandomResizedCrop']
+        args.size = cfg.get('img_size') or (crops[0] if crops and isinstance(crops[0], int) else None)
+    if args.batch is None:
+        args.batch = cfg.train_dataloader.batch_size
 
 
 def bench(impl: str, args) -> dict:
@@ -56,11 +87,11 @@ def bench(impl: str, args) -> dict:
         layer.peripheral_conv2d = lambda x, weight, grid, impl='auto': x
     torch.manual_seed(0)
     device = torch.device(args.device)
-    backbone = PeLK(arch=args.arch, conv_impl='auto' if impl == 'none' else impl).to(device)
-    head = torch.nn.Linear(backbone.channels[-1], 1000).to(device)
+    backbone = PeLK(**{**args.backbone, 'conv_impl': 'auto' if impl == 'none' else impl}).to(device)
+    head = torch.nn.Linear(backbone.channels[-1], args.num_classes).to(device)
     opt = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=1e-4)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    y = torch.randint(0, 1000, (args.batch, ), device=device)
+    y = torch.randint(0, args.num_classes, (args.batch, ), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -103,7 +134,8 @@ def main(argv=None):
     rows = [run_isolated(impl, argv) for impl in impls]
     ref = next((r for r in rows if r['impl'] == 'dense'), None)
     mem = 'peak MB (CUDA allocated)' if args.device.startswith('cuda') else 'peak RSS MB (process)'
-    print(f'PeLK-{args.arch} training step, batch {args.batch}, {args.size}x{args.size}, {args.device}, '
+    model = args.config or f'PeLK-{args.arch}'
+    print(f'{model} training step, batch {args.batch}, {args.size}x{args.size}, {args.device}, '
           f'{args.threads} threads, torch {rows[0]["torch"]}')
     print(f'| impl | s / step | it/s | img/s | {mem} | speed-up vs dense |')
     print('|---|---|---|---|---|---|')

@@ -389,3 +389,12 @@ def test_train_benchmark_smoke(tmp_path):
     assert set(rows) == {'auto', 'none'}
     assert all(r['step_s'] > 0 and r['peak_mb'] > 100 for r in rows.values())
     assert 'none (conv = identity: the bound)' in proc.stdout
+    # --config: the demo config's backbone, image size (64) and batch size (32, here overridden to 2)
+    root = os.path.join(os.path.dirname(__file__), '..', '..')
+    proc = subprocess.run([sys.executable, path, '--config', os.path.join(root, 'configs/demo/pelk_demo_in1k.py'),
+                           '--batch', '2', '--iters', '1', '--threads', '1', '--impls', 'auto', '--out', str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data['args']['size'] == 64 and data['args']['batch'] == 2 and data['args']['num_classes'] == 6
+    assert data['args']['backbone']['arch']['kernel_sizes'] == [13, 11, 7, 5]
