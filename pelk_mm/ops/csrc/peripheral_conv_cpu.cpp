@@ -4,13 +4,15 @@
 //   y[i, j] = sum_a sum_b w[a, b] * sum_{u in cell a} sum_{v in cell b} x[i + u, j + v]   (zero outside the map)
 // where cell a spans the tap offsets [lo_h[a], hi_h[a]] (relative to the kernel centre) and cell b spans
 // [lo_w[b], hi_w[b]]. Per plane (n, c) we compute
-//   1. R[b, h, :] = row box sums of x over the offsets of W-cell b           (K adds / pixel)
-//   2. T[a, h, :] = sum_b w[a, b] R[b, h, :]                                  (k'_h * k'_w FMAs / pixel)
-//   3. y[i, :]    = sum_a sum_{u in cell a} T[a, i + u, :]                    (K adds / pixel)
+//   1. R[b, h, :] = row box sums of x over the offsets of W-cell b   (doubling table: ~log s + popcount s adds)
+//   2. T[a, h, :] = sum_b w[a, b] R[b, h, :]                          (k'_h * k'_w FMAs / pixel)
+//   3. y[i, :]    = sum_a sum_{u in cell a} T[a, i + u, :]            (K adds / pixel, one tap loop)
 // i.e. O(K + k'^2) work per pixel instead of O(K^2). All loops vectorise over the (padded) row.
-// Backward: grad_x is the same operator with the flipped weights and mirrored cells (done by the caller);
-//   grad_w[a, b] = sum_{h, j} V[a, h, j] R[b, h, j] with V[a, r, :] = sum_{u in cell a} gy[r - u, :].
-// Everything runs per plane in thread-private, cache-sized buffers (at::parallel_for over N * C planes).
+// Backward, one fused pass per plane (backward_impl) around V[a, r, :] = sum_{u in cell a} gy[r - u, :]:
+//   grad_w[a, b] = sum_{h, j} V[a, h, j] R[b, h, j]                   (k'^2 Gram matrix, float64 partial sums)
+//   grad_x[h, j] = sum_b sum_{v in cell b} U[b, h, j - v],  U[b] = sum_a w[a, b] V[a]   (the transposed forward)
+// Everything runs per plane in thread-private, cache-sized buffers (at::parallel_for over N * C planes); inputs and
+// outputs may have any strides (PlaneIn / PlaneOut).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
