@@ -62,8 +62,11 @@ def _from_config(args, parser) -> None:
         cfg = load_config(args.config)
     except LaunchError as err:
         parser.error(str(err))
+    if str(cfg.model.get('type', '')).split('.')[-1] != 'ImageClassifier':
+        parser.error(f'--config {args.config}: model.type is {cfg.model.get("type")!r}; the step benchmark takes a '
+                     f'classification config (ImageClassifier), e.g. configs/demo/pelk_demo_in1k.py')
     backbone = dict(cfg.model.get('backbone', {}))
-    if not str(backbone.pop('type', '')).split('.')[-1] == 'PeLK':
+    if str(backbone.pop('type', '')).split('.')[-1] != 'PeLK':
         parser.error(f'--config {args.config}: model.backbone is not a PeLK backbone; pass a pelk_mm config')
     backbone.pop('init_cfg', None)
     args.backbone = backbone

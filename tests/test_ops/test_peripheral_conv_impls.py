@@ -398,3 +398,7 @@ def test_train_benchmark_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data['args']['size'] == 64 and data['args']['batch'] == 2 and data['args']['num_classes'] == 6
     assert data['args']['backbone']['arch']['kernel_sizes'] == [13, 11, 7, 5]
+    # a config it cannot run fails in one line naming it
+    proc = subprocess.run([sys.executable, path, '--config', os.path.join(root, 'configs/pelk_t_upernet_ade20k.py')],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and 'classification config' in proc.stderr and 'Traceback' not in proc.stderr
