@@ -28,5 +28,6 @@ custom_hooks = [
     dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
     dict(type='pelk_mm.ResumeStateHook'),
     dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),
+    dict(type='pelk_mm.BNStatsSyncHook'),
     dict(type='pelk_mm.DynamicSparsityHook', fixed_mask=True, include=['backbone.']),
 ]

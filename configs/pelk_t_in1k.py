@@ -23,6 +23,7 @@ custom_hooks = [
     dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
     dict(type='pelk_mm.ResumeStateHook'),                          # bit-exact --resume (RNG states, safe rotation)
     dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),    # skip NaN/inf steps, stop after 5 in a row
+    dict(type='pelk_mm.BNStatsSyncHook'),                          # same BN statistics on every rank (val = test)
     # SLaK's dynamic sparsity, which PeLK keeps: 40 % of the 2-D/4-D weights, SNIP init, magnitude prune + random
     # regrowth every 2000 iterations with a cosine-decayed prune rate (T; S/B use 100 / 0.3 as in SLaK's README)
     dict(type='pelk_mm.DynamicSparsityHook', sparsity=0.4, init='snip', update_interval=2000, prune_rate=0.5,

@@ -44,4 +44,5 @@ test_dataloader = val_dataloader
 custom_hooks = [
     dict(type='pelk_mm.ResumeStateHook'),                          # bit-exact --resume (RNG states, safe rotation)
     dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),    # skip NaN/inf steps, stop after 5 in a row
+    dict(type='pelk_mm.BNStatsSyncHook'),
 ]

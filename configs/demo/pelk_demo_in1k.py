@@ -56,6 +56,7 @@ custom_hooks = [
     dict(type='EMAHook', momentum=2e-2, priority='ABOVE_NORMAL'),
     dict(type='pelk_mm.ResumeStateHook'),
     dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),
+    dict(type='pelk_mm.BNStatsSyncHook'),
 ]
 default_hooks = dict(logger=dict(type='LoggerHook', interval=9),
                      checkpoint=dict(type='CheckpointHook', interval=4, max_keep_ckpts=2, save_best='auto'))
