@@ -8,8 +8,9 @@ depthwise ``F.conv2d`` in the same layout - all measured in one run. The 7x7 rat
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the live bytes before the call; on CPU the peak of the
 running sum of allocations/frees that ``torch.profiler`` (``profile_memory=True``) records for the call (each op's
 self allocations minus frees, in op start order, so op-granular), i.e. bytes obtained through torch's CPU
-allocator. Transient scratch allocated and freed inside one op (the C++ kernel's per-thread buffers, about
-``(nlev + 2 k' + 1) * H * W_pad * 4`` bytes per thread, < 1 MB at PeLK shapes) is not visible at that granularity.
+allocator. Transient scratch allocated and freed inside one op (the C++ kernel's per-thread buffers: the k' x H x
+W_pad row and column sums, the doubling tables and, for channels_last, 16-channel transpose blocks; ~0.3-1.3 MB per
+thread at PeLK shapes) is not visible at that granularity.
 Inputs and weights that exist before the call are not counted.
 
 Usage::
