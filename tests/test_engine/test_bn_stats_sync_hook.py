@@ -41,8 +41,13 @@ WORKER = textwrap.dedent('''
     model[1](model[0](torch.randn(2, 3, 8, 8) * (rank + 1)))
     local = [t.clone() for t in running_stats(model)]
     hook.after_train_iter(runner, 0)
-    torch.save(dict(local=local, synced=[t.clone() for t in running_stats(model)], tracked=len(hook._stats)),
-               os.path.join(sys.argv[1], f'rank{{rank}}.pt'))
+    frozen = torch.nn.BatchNorm2d(4).eval()  # a norm_eval-style frozen BN keeps its (rank-specific) statistics
+    frozen.running_mean.fill_(rank + 0.1)
+    model.append(frozen)
+    hook.after_train_iter(runner, 1)
+    stats = running_stats(model)
+    torch.save(dict(local=local, synced=[t.clone() for t in stats[:2]], tracked=len(stats),
+                    frozen=frozen.running_mean.clone()), os.path.join(sys.argv[1], f'rank{{rank}}.pt'))
     dist.destroy_process_group()
 ''')
 
@@ -59,7 +64,7 @@ def test_noop_without_process_group():
     hook.before_train(runner)
     before = [t.clone() for t in running_stats(model)]
     hook.after_train_iter(runner, 0)
-    assert hook._stats == [] and all(torch.equal(a, b) for a, b in zip(before, running_stats(model)))
+    assert hook._model is None and all(torch.equal(a, b) for a, b in zip(before, running_stats(model)))
 
 
 def test_two_ranks_end_with_the_mean_statistics(tmp_path):
@@ -69,7 +74,8 @@ def test_two_ranks_end_with_the_mean_statistics(tmp_path):
                            str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in range(2))
-    assert r0['tracked'] == r1['tracked'] == 2
+    assert r0['tracked'] == r1['tracked'] == 4  # BatchNorm2d + the frozen one; not SyncBN, not the non-tracking BN
+    assert torch.all(r0['frozen'] == 0.1) and torch.all(r1['frozen'] == 1.1)  # eval-mode BN left untouched
     for a, b in zip(r0['local'], r1['local']):
         assert not torch.allclose(a, b)  # the ranks saw different data
     for a0, a1, s0, s1 in zip(r0['local'], r1['local'], r0['synced'], r1['synced']):

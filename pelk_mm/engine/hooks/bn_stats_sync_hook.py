@@ -9,12 +9,13 @@ during training is not the one ``tools/test.py`` reproduces from the checkpoint 
 segmentation demo). mmengine's ``SyncBuffersHook`` averages the buffers only at the end of an epoch or before
 validation, which is after an iteration-based loop has saved its checkpoint and after ``EMAHook`` has copied them.
 
-This hook averages the floating-point running statistics of every non-synchronised BatchNorm over the ranks after
-each training iteration (``priority='VERY_HIGH'``: before ``EMAHook`` copies buffers and ``CheckpointHook``
-saves). The average of the ranks' running means is the running mean of the global batch (equal batch sizes); the
-variance average leaves out the spread of the rank means, the usual approximation of ``SyncBuffersHook``. Training
-itself is unchanged: BN normalises with batch statistics in train mode. The cost is one all-reduce of a few kB per
-iteration; without a process group, or without such BatchNorms, it does nothing::
+This hook averages the floating-point running statistics of every non-synchronised BatchNorm in train mode (frozen
+ones, e.g. ``norm_eval=True``, stay bit-exact) over the ranks after each training iteration
+(``priority='VERY_HIGH'``: before ``EMAHook`` copies buffers and ``CheckpointHook`` saves). The average of the
+ranks' running means is the running mean of the global batch (equal batch sizes); the variance average leaves out
+the spread of the rank means, the usual approximation of ``SyncBuffersHook``. Training itself is unchanged: BN
+normalises with batch statistics in train mode. The cost is one all-reduce of a few kB per iteration; without a
+process group, or without such BatchNorms, it does nothing::
 
     custom_hooks = [..., dict(type='pelk_mm.BNStatsSyncHook')]
 """
@@ -31,13 +32,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pelk_mm.registry import HOOKS
 
 
-def running_stats(model: torch.nn.Module) -> List[torch.Tensor]:
-    """Running mean/var of the BatchNorms of ``model`` that nothing synchronises (not ``SyncBatchNorm``)."""
-    stats = []
-    for m in model.modules():
-        if isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm) and m.track_running_stats:
-            stats += [b for b in (m.running_mean, m.running_var) if b is not None and b.is_floating_point()]
-    return stats
+def unsynced_batchnorms(model: torch.nn.Module) -> List[_BatchNorm]:
+    """The BatchNorms of ``model`` that track running statistics and that nothing synchronises (not SyncBN)."""
+    return [m for m in model.modules()
+            if isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm) and m.track_running_stats]
+
+
+def running_stats(model: torch.nn.Module, training_only: bool = False) -> List[torch.Tensor]:
+    """Running mean/var of :func:`unsynced_batchnorms` (only those in train mode with ``training_only``: frozen ones,
+    e.g. under ``norm_eval``, do not change and are left bit-exact)."""
+    return [b for m in unsynced_batchnorms(model) if m.training or not training_only
+            for b in (m.running_mean, m.running_var) if b is not None and b.is_floating_point()]
 
 
 @HOOKS.register_module()
@@ -47,16 +52,20 @@ class BNStatsSyncHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self) -> None:
-        self._stats: List[torch.Tensor] = []
+        self._model = None
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        self._stats = running_stats(model) if is_distributed() and get_world_size() > 1 else []
-        if self._stats:
-            runner.logger.info(f'pelk_mm.BNStatsSyncHook: averaging {len(self._stats) // 2} BatchNorm running '
-                               f'statistics over {get_world_size()} ranks after every iteration')
+        self._model = model if is_distributed() and get_world_size() > 1 and unsynced_batchnorms(model) else None
+        if self._model is not None:
+            runner.logger.info(f'pelk_mm.BNStatsSyncHook: averaging the running statistics of '
+                               f'{len(unsynced_batchnorms(model))} BatchNorms over {get_world_size()} ranks after '
+                               f'every iteration')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._stats:
+        if self._model is None:
+            return
+        stats = running_stats(self._model, training_only=True)  # the same modules on every rank
+        if stats:
             with torch.no_grad():
-                all_reduce_params(self._stats, op='mean')
+                all_reduce_params(stats, op='mean')
