@@ -61,3 +61,4 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=100, max_keep_ckpts=1),
     visualization=dict(interval=1))
+randomness = dict(seed=0)  # the demo numbers in the README repeat run to run
