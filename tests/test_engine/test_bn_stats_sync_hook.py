@@ -8,7 +8,7 @@ import types
 import torch
 
 from pelk_mm.engine.hooks import BNStatsSyncHook
-from pelk_mm.engine.hooks.bn_stats_sync_hook import running_stats
+from pelk_mm.engine.hooks.bn_stats_sync_hook import running_stats, unsynced_batchnorms
 
 MODEL = ('torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.SyncBatchNorm(4), '
          'torch.nn.BatchNorm1d(4, track_running_stats=False))')
@@ -27,7 +27,7 @@ WORKER = textwrap.dedent('''
     import os, sys, types
     import torch, torch.distributed as dist
     from pelk_mm.engine.hooks import BNStatsSyncHook
-    from pelk_mm.engine.hooks.bn_stats_sync_hook import running_stats
+    from pelk_mm.engine.hooks.bn_stats_sync_hook import running_stats, unsynced_batchnorms
     dist.init_process_group('gloo')
     rank = dist.get_rank()
     torch.set_num_threads(1)
@@ -39,13 +39,13 @@ WORKER = textwrap.dedent('''
     model.train()
     torch.manual_seed(100 + rank)  # different data per rank -> different local statistics
     model[1](model[0](torch.randn(2, 3, 8, 8) * (rank + 1)))
-    local = [t.clone() for t in running_stats(model)]
+    local = [t.clone() for t in running_stats(unsynced_batchnorms(model))]
     hook.after_train_iter(runner, 0)
     frozen = torch.nn.BatchNorm2d(4).eval()  # a norm_eval-style frozen BN keeps its (rank-specific) statistics
     frozen.running_mean.fill_(rank + 0.1)
     model.append(frozen)
     hook.after_train_iter(runner, 1)
-    stats = running_stats(model)
+    stats = running_stats(unsynced_batchnorms(model))
     torch.save(dict(local=local, synced=[t.clone() for t in stats[:2]], tracked=len(stats),
                     frozen=frozen.running_mean.clone()), os.path.join(sys.argv[1], f'rank{{rank}}.pt'))
     dist.destroy_process_group()
@@ -53,7 +53,7 @@ WORKER = textwrap.dedent('''
 
 
 def test_running_stats_selects_unsynchronised_tracking_batchnorms():
-    stats = running_stats(_model())
+    stats = running_stats(unsynced_batchnorms(_model()))
     assert len(stats) == 2 and stats[0].shape == (4, )  # BatchNorm2d only: not SyncBN, not the non-tracking BN
 
 
@@ -62,9 +62,10 @@ def test_noop_without_process_group():
     runner = _runner(model)
     hook = BNStatsSyncHook()
     hook.before_train(runner)
-    before = [t.clone() for t in running_stats(model)]
+    stats = running_stats(unsynced_batchnorms(model))
+    before = [t.clone() for t in stats]
     hook.after_train_iter(runner, 0)
-    assert hook._model is None and all(torch.equal(a, b) for a, b in zip(before, running_stats(model)))
+    assert hook._bns == [] and all(torch.equal(a, b) for a, b in zip(before, stats))
 
 
 def test_two_ranks_end_with_the_mean_statistics(tmp_path):

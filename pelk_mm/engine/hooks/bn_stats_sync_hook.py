@@ -38,10 +38,10 @@ def unsynced_batchnorms(model: torch.nn.Module) -> List[_BatchNorm]:
             if isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm) and m.track_running_stats]
 
 
-def running_stats(model: torch.nn.Module, training_only: bool = False) -> List[torch.Tensor]:
-    """Running mean/var of :func:`unsynced_batchnorms` (only those in train mode with ``training_only``: frozen ones,
+def running_stats(bns: List[_BatchNorm], training_only: bool = False) -> List[torch.Tensor]:
+    """Running mean/var of the BatchNorms ``bns`` (only those in train mode with ``training_only``: frozen ones,
     e.g. under ``norm_eval``, do not change and are left bit-exact)."""
-    return [b for m in unsynced_batchnorms(model) if m.training or not training_only
+    return [b for m in bns if m.training or not training_only
             for b in (m.running_mean, m.running_var) if b is not None and b.is_floating_point()]
 
 
@@ -52,20 +52,17 @@ class BNStatsSyncHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self) -> None:
-        self._model = None
+        self._bns: List[_BatchNorm] = []
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        self._model = model if is_distributed() and get_world_size() > 1 and unsynced_batchnorms(model) else None
-        if self._model is not None:
-            runner.logger.info(f'pelk_mm.BNStatsSyncHook: averaging the running statistics of '
-                               f'{len(unsynced_batchnorms(model))} BatchNorms over {get_world_size()} ranks after '
-                               f'every iteration')
+        self._bns = unsynced_batchnorms(model) if is_distributed() and get_world_size() > 1 else []
+        if self._bns:
+            runner.logger.info(f'pelk_mm.BNStatsSyncHook: averaging the running statistics of {len(self._bns)} '
+                               f'BatchNorms over {get_world_size()} ranks after every iteration')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._model is None:
-            return
-        stats = running_stats(self._model, training_only=True)  # the same modules on every rank
+        stats = running_stats(self._bns, training_only=True)  # the same modules and modes on every rank
         if stats:
             with torch.no_grad():
                 all_reduce_params(stats, op='mean')
