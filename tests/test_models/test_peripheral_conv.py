@@ -88,14 +88,13 @@ def test_kpe_required_when_enabled():
         m(torch.randn(1, 3, 5, 5, dtype=torch.float64))
 
 
-def test_kpe_term_cached_in_inference_and_invalidated_by_updates():
+def test_kpe_term_follows_weight_updates_in_inference():
     m = build(3, 9, kpe_mode='input').eval()
     h = torch.randn(3, 9, 9, dtype=torch.float64)
     x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         y1 = m(x, h)
-        assert m._kpe_cache is not None
-        m.weight.add_(1.0)  # an optimizer step bumps the version counter
+        m.weight.add_(1.0)  # an optimizer step
         y2 = m(x, h)
     expected = reference_eq3(x, reference_dense_kernel(m.weight, m.grid).squeeze(1), h)
     torch.testing.assert_close(y2, expected)
@@ -120,9 +119,10 @@ def test_switch_to_deploy_is_exact(kpe_mode, small):
     with torch.no_grad():
         before = m(x, h)
         m.switch_to_deploy(h)
-        after = m(x)
-    assert m.deployed and isinstance(m.lk_reparam, torch.nn.Conv2d) and m.lk_reparam.kernel_size == (15, 15)
-    assert not hasattr(m, 'weight') and not hasattr(m, 'small_conv')
+        after = m(x, h if kpe_mode == 'input' else None)
+    k = 15 if kpe_mode == 'weight' else len(m.grid)  # 'weight' breaks the sharing: dense deploy kernel
+    assert m.deployed and m.reparam_weight.shape == (5, 1, k, k)
+    assert not hasattr(m, 'weight') and not hasattr(m, 'small_conv') and not hasattr(m, 'small_reparam')
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     assert 'deployed' in m.extra_repr()
 

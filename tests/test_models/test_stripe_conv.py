@@ -62,7 +62,7 @@ def test_deploy_equivalence_with_bn(small):
         m.switch_to_deploy()
         y_dep = m(x)
     assert m.deployed and not hasattr(m, 'conv_h') and not hasattr(m, 'small_conv')
-    assert m.lk_reparam.weight.shape == (8, 1, 15, 15)
+    assert m.conv_h_reparam.weight.shape == (8, 1, 15, 5) and m.conv_w_reparam.weight.shape == (8, 1, 5, 15)
     torch.testing.assert_close(y_dep, y, rtol=1e-10, atol=1e-10)
 
 

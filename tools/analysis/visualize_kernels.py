@@ -74,8 +74,6 @@ def large_kernel_convs(backbone, block: int):
 
 def expanded_kernel(conv) -> torch.Tensor:
     """``(C, K, K)`` dense kernel of any large-kernel form (re-parameterised weight once deployed)."""
-    if getattr(conv, 'deployed', False):
-        return conv.lk_reparam.weight.detach()[:, 0]
     return conv.dense_weight().detach()[:, 0]
 
 

@@ -51,7 +51,7 @@ class PeLKBlock(BaseModule):
             (non-reentrant ``torch.utils.checkpoint``); BatchNorm running statistics are updated once per forward,
             as without it. Defaults to False.
         **mixer_kwargs: ``conv_ratio``, ``center_size``, ``base``, ``half_grid``, ``small_kernel``, ``kpe_mode``,
-            ``norm_cfg`` and ``conv_impl`` of :class:`PartialPeripheralConv`.
+            ``norm_cfg``, ``conv_impl`` and ``deploy`` of :class:`PartialPeripheralConv`.
 
     Shapes:
         x: ``(N, C, H, W)`` -> ``(N, C, H, W)``; ``kpe``: the stage embedding ``(g, K, K)`` or ``None``.
@@ -151,6 +151,11 @@ class PeLK(BaseModule):
             normalised ``(N, C, H, W)`` maps (dense prediction). Defaults to True.
         norm_eval (bool): Keep BatchNorm layers in eval mode during training. Defaults to False.
         with_cp (bool): Activation checkpointing in every block. Defaults to False.
+        deploy (bool): Build the deploy form of every large-kernel conv directly (mmpretrain's RepVGG/RepLKNet
+            convention), to load a checkpoint written by :meth:`switch_to_deploy` (``tools/deploy/
+            convert_to_deploy.py`` or mmpretrain's ``reparameterize_model.py``) strictly. The stages keep their
+            embedding only for ``kpe_mode='input'`` (the other modes fold it). Loading a checkpoint of the other
+            form raises :class:`~pelk_mm.models.layers.DeployFormError`. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialisation, e.g. ``dict(type='Pretrained',
             checkpoint=..., prefix='backbone.')``.
     """
@@ -191,6 +196,7 @@ class PeLK(BaseModule):
                  gap_before_final_norm: bool = True,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 deploy: bool = False,
                  init_cfg=[
                      dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
                      dict(type='Constant', layer=['LayerNorm'], val=1., bias=0.),
@@ -217,6 +223,10 @@ class PeLK(BaseModule):
         self.frozen_stages = frozen_stages
         self.gap_before_final_norm = gap_before_final_norm
         self.norm_eval = norm_eval
+        if not isinstance(deploy, bool):
+            raise ValueError(f'deploy must be True or False, got deploy={deploy!r}')
+        self.deploy = deploy
+        self.kpe_mode = kpe_mode
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.downsample_layers = ModuleList()
@@ -233,7 +243,7 @@ class PeLK(BaseModule):
                     nn.Conv2d(self.channels[i - 1], channels, kernel_size=2, stride=2)))
             mixer = dict(conv_ratio=conv_ratio, conv_type=conv_type, center_size=self.center_sizes[i], base=base,
                          half_grid=half_grids[i], small_kernel=small_kernel, kpe_mode=kpe_mode,
-                         norm_cfg=copy.deepcopy(conv_norm_cfg), conv_impl=conv_impl)
+                         norm_cfg=copy.deepcopy(conv_norm_cfg), conv_impl=conv_impl, deploy=deploy)
             blocks = [
                 PeLKBlock(channels, self.kernel_sizes[i], mlp_ratio=mlp_ratio, drop_path_rate=dpr[block_idx + j],
                           layer_scale_init_value=layer_scale_init_value, with_cp=with_cp, **mixer)
@@ -241,7 +251,7 @@ class PeLK(BaseModule):
             ]
             block_idx += depth
             kpe_shape = None
-            if kpe_mode is not None:
+            if kpe_mode is not None and (kpe_mode == 'input' or not deploy):
                 g = blocks[0].token_mixer.conv_channels
                 kpe_shape = (g, self.kernel_sizes[i], self.kernel_sizes[i])
             self.stages.append(PeLKStage(blocks, kpe_shape, kpe_std))
@@ -328,11 +338,19 @@ class PeLK(BaseModule):
         return self
 
     def switch_to_deploy(self):
-        """Fold every large-kernel branch (BN, small kernel, KPE) into plain depthwise convs, in place."""
+        """Convert every large-kernel conv to its deploy form in place (BNs folded into the shared weights and a
+        bias, the small kernel into the centre cells, see :class:`~pelk_mm.models.layers.PeripheralConv2d`); the
+        result has the modules and state-dict keys of ``PeLK(..., deploy=True)``. Eval-mode outputs are unchanged.
+        """
+        if self.deploy:
+            return
         for stage in self.stages:
             for block in stage:
                 block.token_mixer.switch_to_deploy(stage.kpe.detach() if stage.kpe is not None else None)
-            stage.kpe = None
+            if self.kpe_mode != 'input':
+                stage.kpe = None
+        self.deploy = True
+        self._freeze_stages()
 
     # ------------------------------------------------------------------ layer-wise lr decay
     def get_layer_depth(self, param_name: str, prefix: str = ''):

@@ -2,8 +2,12 @@
 
 ``Y(p) = sum_t w(t) * (X(p + t) + h(t))``: the embedding ``h`` (one value per conv channel and dense kernel tap) is
 added to the input taps inside the sliding window. Expanding the sum, the extra term ``sum_t w(t) h(t) [p + t inside
-the image]`` does not depend on the input, so it is computed once per forward for the whole batch, and cached per
-spatial size when nothing can change it (inference).
+the image]`` does not depend on the input, so it is computed once per forward for the whole batch.
+
+The term is recomputed at every forward, never cached: it depends on the weights and the embedding, which
+checkpoint loading, EMA swaps and teacher updates change through ``.data`` without any trace a cache key could
+see (no version bump, same storage). Its cost is batch-independent and small next to the layer's
+(:func:`kpe_input_term` on the kernel cropped to the map).
 
 Modes (project decision 2 in the reference notes; the paper is silent on the exact variant):
 
@@ -55,12 +59,14 @@ def kpe_input_term(kernel: torch.Tensor, height: int, width: int) -> torch.Tenso
     """Border-aware KPE term ``conv(ones, kernel)`` for an ``H x W`` map, computed by two band matmuls.
 
     Args:
-        kernel (Tensor): ``(C, K, K)``, i.e. ``w * h`` (dense weight times embedding).
+        kernel (Tensor): ``(C, Kh, Kw)`` with odd ``Kh``, ``Kw``, i.e. ``w * h`` (dense weight times embedding),
+            centred on the tap offset 0 (a kernel cropped to the map keeps its centre).
+        height (int): Map height ``H``.
+        width (int): Map width ``W``.
 
     Returns:
         Tensor: ``(1, C, H, W)``.
     """
-    k = kernel.shape[-1]
-    a_h = border_band(height, k, kernel.device, kernel.dtype)
-    a_w = border_band(width, k, kernel.device, kernel.dtype)
+    a_h = border_band(height, kernel.shape[-2], kernel.device, kernel.dtype)
+    a_w = border_band(width, kernel.shape[-1], kernel.device, kernel.dtype)
     return torch.matmul(torch.matmul(a_h, kernel), a_w.t()).unsqueeze(0)

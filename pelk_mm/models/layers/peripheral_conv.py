@@ -1,7 +1,7 @@
 """PeLK's large-kernel token mixer: depthwise peripheral convolution (+ BN, + small-kernel branch, + KPE)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,18 +10,73 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
-from pelk_mm.ops import expand_kernel, peripheral_conv2d, peripheral_grid
+from pelk_mm.ops import expand_kernel, grid_bounds, peripheral_conv2d, peripheral_grid
+from pelk_mm.ops._cells import cropped_dense_kernel
 from .kernel_position_embedding import KPE_MODES, kpe_input_term
 
 
+class DeployFormError(ValueError):
+    """A checkpoint holds the other form of a re-parameterisable layer: train-form weights (shared weights, BNs,
+    small-kernel branch) for a model built with ``deploy=True``, or deploy-form weights for a train-form model.
+    ``str(err)`` is one line naming both forms and the fix."""
+
+
 def _fuse_bn(kernel: torch.Tensor, bn: Optional[nn.Module]):
-    """Fold an eval-mode BatchNorm into ``kernel`` ``(C, 1, k, k)``; returns ``(kernel, bias, scale)``."""
+    """Fold an eval-mode BatchNorm into ``kernel`` ``(C, 1, kh, kw)``; returns ``(kernel, bias, scale)``.
+
+    The fold is computed in float64 (a BN's ``1 / sqrt(var + eps)`` loses digits in half precision); the results
+    are float64, callers cast them back to the module's dtype.
+    """
+    kernel = kernel.double()
     if bn is None:
         ones = kernel.new_ones(kernel.shape[0])
         return kernel, kernel.new_zeros(kernel.shape[0]), ones
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale, scale
+    std = (bn.running_var.double() + bn.eps).sqrt()
+    scale = bn.weight.double() / std
+    return kernel * scale.reshape(-1, 1, 1, 1), bn.bias.double() - bn.running_mean.double() * scale, scale
+
+
+def check_state_dict_form(module: nn.Module, state_dict: dict, prefix: str, train_key: str, deploy_key: str,
+                          deployed: bool) -> None:
+    """Raise :class:`DeployFormError` when ``state_dict`` holds the other form of ``module`` at ``prefix``.
+
+    Args:
+        train_key (str): A key only the train form has (e.g. ``'weight'``), relative to ``prefix``.
+        deploy_key (str): A key only the deploy form has (e.g. ``'reparam_weight'``).
+        deployed (bool): The form of ``module``.
+    """
+    name = prefix[:-1] or type(module).__name__
+    has_train, has_deploy = prefix + train_key in state_dict, prefix + deploy_key in state_dict
+    fix_convert = 'convert the train-form checkpoint with `python tools/deploy/convert_to_deploy.py CONFIG CKPT OUT`'
+    if prefix + 'lk_reparam.weight' in state_dict:
+        raise DeployFormError(
+            f'checkpoint holds a dense-folded deploy form of {name} ({prefix}lk_reparam.weight, one K x K conv), '
+            f'which pelk_mm does not build; load the train-form checkpoint (deploy=False) or {fix_convert}')
+    if deployed and has_train and not has_deploy:
+        raise DeployFormError(
+            f'checkpoint holds the train form of {name} ({prefix}{train_key}: shared weights with BN and '
+            f'small-kernel branch) but the model is built in deploy form (deploy=True); build it with '
+            f'deploy=False, or {fix_convert} and load that')
+    if not deployed and has_deploy and not has_train:
+        raise DeployFormError(
+            f'checkpoint holds the deploy form of {name} ({prefix}{deploy_key}: re-parameterised weights) but the '
+            f'model is built in train form (deploy=False); build it with deploy=True (e.g. --cfg-options '
+            f'model.backbone.deploy=True), or load the train-form checkpoint it was converted from')
+
+
+def centre_cell_start(grid: Sequence[int], small_kernel: int) -> Optional[int]:
+    """Index of the cell at offset ``-(small_kernel // 2)`` if every offset of a ``small_kernel`` centred kernel lies in a
+    width-1 cell of ``grid`` (so the small kernel folds exactly into ``small_kernel`` consecutive unshared cells),
+    else ``None``."""
+    r = small_kernel // 2
+    first = None
+    for i, (lo, hi) in enumerate(grid_bounds(grid)):
+        if hi < -r or lo > r:
+            continue
+        if lo != hi:
+            return None
+        first = i if first is None else first
+    return first
 
 
 class PeripheralConv2d(BaseModule):
@@ -30,6 +85,24 @@ class PeripheralConv2d(BaseModule):
     ``y = BN(PeriConv(x) [+ KPE term]) + BN_s(DWConv_s(x))``. The ``K x K`` kernel is parameterised by a
     ``k' x k'`` weight shared over an axis-symmetric sharing grid (fine centre, exponentially wider periphery),
     so a 51x51 kernel with a 5x5 centre has 13x13 = 169 parameters per channel instead of 2601.
+
+    **Deploy form** (``deploy=True``, or :meth:`switch_to_deploy` on a trained module) keeps the block-shared
+    structure: ``y = PeriConv_{w'}(x) + b [+ KPE term]``, run by :func:`~pelk_mm.ops.peripheral_conv2d` (the fast
+    kernels), with
+
+    * both BatchNorms folded into ``w'`` (``reparam_weight``, ``(C, 1, k', k')``) and the bias ``b``
+      (``reparam_bias``);
+    * the small-kernel branch added to the unshared centre cells of ``w'`` when ``small_kernel`` fits in width-1
+      cells of the grid (``small_kernel <= center_size`` for PeLK's grids; always for ``DenseLargeKernelConv2d``).
+      Otherwise it stays a separate ``small_reparam`` depthwise conv (its BN folded), since adding it to a shared
+      cell would change the other taps of that cell;
+    * ``kpe_mode='input'``: the border-aware KPE term stays a per-size additive map, computed at every forward from
+      ``reparam_kpe_weight`` (``w`` scaled by the BN, ``(C, 1, k', k')``) and the stage's embedding, which the
+      deployed backbone keeps; ``'bias'`` folds into ``b``; ``'weight'`` (which breaks the sharing) becomes one
+      dense ``(C, 1, K, K)`` ``reparam_weight`` run by ``F.conv2d``, as the train form runs it.
+
+    The KPE term is never cached (see :mod:`~pelk_mm.models.layers.kernel_position_embedding`), so the output is
+    that of the current weights whatever changed them.
 
     Args:
         channels (int): Input = output channels (depthwise).
@@ -45,9 +118,11 @@ class PeripheralConv2d(BaseModule):
             ``'weight'`` or ``None`` (no KPE). Defaults to ``'input'``.
         norm_cfg (dict, optional): Norm after each branch. Defaults to ``dict(type='BN')``; ``None`` for none.
         conv_impl (str): Peripheral conv implementation, see :func:`pelk_mm.ops.peripheral_conv2d`.
+        deploy (bool): Build the deploy form directly (to load a converted checkpoint). Defaults to False.
 
     Shapes:
-        x: ``(N, C, H, W)`` -> ``(N, C, H, W)``; ``kpe``: ``(C, K, K)`` when ``kpe_mode`` is set.
+        x: ``(N, C, H, W)`` -> ``(N, C, H, W)``; ``kpe``: ``(C, K, K)`` when ``kpe_mode`` is set (train form) or
+        is ``'input'`` (deploy form).
     """
 
     def __init__(self,
@@ -60,6 +135,7 @@ class PeripheralConv2d(BaseModule):
                  kpe_mode: Optional[str] = 'input',
                  norm_cfg: Optional[dict] = dict(type='BN'),
                  conv_impl: str = 'auto',
+                 deploy: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(channels, int) or channels < 1:
@@ -72,6 +148,8 @@ class PeripheralConv2d(BaseModule):
                                  f'got small_kernel={small_kernel!r}')
         if kpe_mode is not None and kpe_mode not in KPE_MODES:
             raise ValueError(f'kpe_mode must be one of {KPE_MODES} or None, got kpe_mode={kpe_mode!r}')
+        if not isinstance(deploy, bool):
+            raise ValueError(f'deploy must be True or False, got deploy={deploy!r}')
         self.channels = channels
         self.kernel_size = kernel_size
         self.center_size = center_size
@@ -81,6 +159,12 @@ class PeripheralConv2d(BaseModule):
         self.deployed = False
 
         k = len(self.grid)
+        if deploy:
+            self._build_deploy_form()
+            trunc_normal_(self.reparam_weight, std=0.02)
+            if self.kpe_mode == 'input':
+                trunc_normal_(self.reparam_kpe_weight, std=0.02)
+            return
         self.weight = nn.Parameter(torch.empty(channels, 1, k, k))
         trunc_normal_(self.weight, std=0.02)
         self.norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
@@ -88,58 +172,76 @@ class PeripheralConv2d(BaseModule):
             self.small_conv = nn.Conv2d(channels, channels, small_kernel, padding=small_kernel // 2,
                                         groups=channels, bias=False)
             self.small_norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
-        self._kpe_cache = None
 
     # ------------------------------------------------------------------ structure
     @property
     def num_params_per_channel(self) -> int:
         return len(self.grid) ** 2
 
+    @property
+    def deploy_grid(self) -> Tuple[int, ...]:
+        """Sharing grid of the deploy-form weight: the module's grid, or all-unshared for ``kpe_mode='weight'``."""
+        return (1, ) * self.kernel_size if self.kpe_mode == 'weight' else tuple(self.grid)
+
+    @property
+    def small_folded(self) -> bool:
+        """Whether deploy folds the small-kernel branch into the centre cells (see the class docstring)."""
+        return self.small_kernel is not None and centre_cell_start(self.deploy_grid, self.small_kernel) is not None
+
     def dense_weight(self) -> torch.Tensor:
-        """The dense ``(C, 1, K, K)`` kernel the shared weights stand for."""
-        return expand_kernel(self.weight, self.grid)
+        """The dense ``(C, 1, K, K)`` kernel the shared weights stand for (deploy form: BNs and a folded small
+        branch included)."""
+        if not self.deployed:
+            return expand_kernel(self.weight, self.grid)
+        dense = expand_kernel(self.reparam_weight, self.deploy_grid)
+        if self.small_kernel is not None and not self.small_folded:
+            pad = (self.kernel_size - self.small_kernel) // 2
+            dense = dense + F.pad(self.small_reparam.weight, [pad] * 4)
+        return dense
 
     def extra_repr(self) -> str:
         k = len(self.grid)
         dense = self.kernel_size ** 2
-        return (f'channels={self.channels}, kernel_size={self.kernel_size}, grid={list(self.grid)}, '
+        text = (f'channels={self.channels}, kernel_size={self.kernel_size}, grid={list(self.grid)}, '
                 f'params_per_channel={k}x{k}={k * k} (dense {dense}, {100 * (1 - k * k / dense):.1f}% fewer), '
-                f'small_kernel={self.small_kernel}, kpe_mode={self.kpe_mode}, conv_impl={self.conv_impl!r}'
-                + (', deployed' if self.deployed else ''))
+                f'small_kernel={self.small_kernel}, kpe_mode={self.kpe_mode}, conv_impl={self.conv_impl!r}')
+        if self.deployed:
+            small = '' if self.small_kernel is None else \
+                (', small kernel in the centre cells' if self.small_folded else ', small kernel kept')
+            text += f', deployed{small}'
+        return text
 
     # ------------------------------------------------------------------ forward
-    def _kpe_term(self, kernel: torch.Tensor, kpe: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Input-independent KPE contribution ``(1 or N, C, H or 1, W or 1)`` for the dense kernel ``kernel``."""
-        v = kernel.squeeze(1) * kpe.to(kernel.dtype)
+    def _kpe_term(self, weight: torch.Tensor, kpe: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Input-independent KPE contribution of the shared weights ``weight`` ``(C, 1, k', k')``: ``(1, C, 1, 1)``
+        for ``'bias'``, ``(1, C, H, W)`` for ``'input'``."""
+        kpe = kpe.to(weight.dtype)
         if self.kpe_mode == 'bias':
-            return v.sum((-2, -1)).reshape(1, -1, 1, 1)
-        return kpe_input_term(v, x.shape[-2], x.shape[-1])
+            return (expand_kernel(weight, self.grid).squeeze(1) * kpe).sum((-2, -1)).reshape(1, -1, 1, 1)
+        # NOTE: taps at offsets |o| >= H (W) only ever see padding, so the kernel and the embedding are cropped to
+        # the map first: the same term at a fraction of the cost on maps smaller than the kernel.
+        dense, (ph, pw) = cropped_dense_kernel(weight, self.grid, height, width)
+        c = self.kernel_size // 2
+        return kpe_input_term(dense.squeeze(1) * kpe[:, c - ph:c + ph + 1, c - pw:c + pw + 1], height, width)
 
-    def _cached_kpe_term(self, kernel_fn, kpe: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Compute once per spatial size when nothing can change it (no autograd, eval mode)."""
-        cacheable = not torch.is_grad_enabled() and not self.training
-        if not cacheable:
-            self._kpe_cache = None
-            return self._kpe_term(kernel_fn(), kpe, x)
-        key = (x.shape[-2], x.shape[-1], x.device, x.dtype, self.weight._version if not self.deployed else -1,
-               kpe._version, id(kpe))
-        if self._kpe_cache is None or self._kpe_cache[0] != key:
-            self._kpe_cache = (key, self._kpe_term(kernel_fn(), kpe, x).to(x.dtype))
-        return self._kpe_cache[1]
+    def _check_kpe(self, kpe: Optional[torch.Tensor]) -> None:
+        needs = self.kpe_mode == 'input' if self.deployed else self.kpe_mode is not None
+        if needs and kpe is None:
+            form = 'deployed ' if self.deployed else ''
+            raise ValueError(f'{form}{type(self).__name__} has kpe_mode={self.kpe_mode!r} but was called without the '
+                             f'stage embedding: pass kpe=<(C, K, K) tensor> or build it with kpe_mode=None')
 
     def forward(self, x: torch.Tensor, kpe: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.kpe_mode is not None and kpe is None and not self.deployed:
-            raise ValueError(f'{type(self).__name__} has kpe_mode={self.kpe_mode!r} but was called without the '
-                             f'stage embedding: pass kpe=<(C, K, K) tensor> or build it with kpe_mode=None')
+        self._check_kpe(kpe)
         if self.deployed:
-            return self._forward_deploy(x)
+            return self._forward_deploy(x, kpe)
         if self.kpe_mode == 'weight':
             dense = self.dense_weight() + kpe.unsqueeze(1).to(self.weight.dtype)
             y = F.conv2d(x, dense.to(x.dtype), padding=self.kernel_size // 2, groups=self.channels)
         else:
             y = peripheral_conv2d(x, self.weight, self.grid, self.conv_impl)
             if self.kpe_mode is not None:
-                y = y + self._cached_kpe_term(self.dense_weight, kpe, x).to(y.dtype)
+                y = y + self._kpe_term(self.weight, kpe, x.shape[-2], x.shape[-1]).to(y.dtype)
         if self.norm is not None:
             y = self.norm(y)
         if self.small_kernel is not None:
@@ -147,55 +249,91 @@ class PeripheralConv2d(BaseModule):
             y = y + (self.small_norm(s) if self.small_norm is not None else s)
         return y
 
-    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.lk_reparam(x)
+    def _forward_deploy(self, x: torch.Tensor, kpe: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.kpe_mode == 'weight':
+            y = F.conv2d(x, self.reparam_weight.to(x.dtype), padding=self.kernel_size // 2, groups=self.channels)
+        else:
+            y = peripheral_conv2d(x, self.reparam_weight, self.deploy_grid, self.conv_impl)
+        # NOTE: bias and KPE term are summed at map size (C, H, W) first, so the batch-sized output sees one add.
+        shift = self.reparam_bias.reshape(1, -1, 1, 1)
         if self.kpe_mode == 'input':
-            key = (x.shape[-2], x.shape[-1], x.device, x.dtype)
-            if self._kpe_cache is None or self._kpe_cache[0] != key:
-                term = kpe_input_term(self.kpe_kernel, x.shape[-2], x.shape[-1]).to(x.dtype)
-                self._kpe_cache = (key, term)
-            y = y + self._kpe_cache[1]
+            shift = shift + self._kpe_term(self.reparam_kpe_weight, kpe, x.shape[-2], x.shape[-1])
+        y = y + shift.to(y.dtype)
+        if self.small_kernel is not None and not self.small_folded:
+            y = y + self.small_reparam(x)
         return y
 
     # ------------------------------------------------------------------ deploy
-    @torch.no_grad()
-    def switch_to_deploy(self, kpe: Optional[torch.Tensor] = None) -> None:
-        """Fold BN, the small branch and (where exact) the KPE into one plain depthwise ``nn.Conv2d`` with bias.
+    def _build_deploy_form(self) -> None:
+        """Create the (uninitialised) deploy-form parameters and mark the module deployed."""
+        c, k = self.channels, len(self.deploy_grid)
+        self.reparam_weight = nn.Parameter(torch.empty(c, 1, k, k))
+        self.reparam_bias = nn.Parameter(torch.zeros(c))
+        if self.kpe_mode == 'input':
+            kk = len(self.grid)
+            self.reparam_kpe_weight = nn.Parameter(torch.empty(c, 1, kk, kk))
+        if self.small_kernel is not None and not self.small_folded:
+            self.small_reparam = nn.Conv2d(c, c, self.small_kernel, padding=self.small_kernel // 2, groups=c,
+                                           bias=False)
+        self.deployed = True
 
-        The border-aware ``'input'`` KPE term depends on the feature-map size, so it is kept as a ``(C, K, K)``
-        buffer and applied as a per-size cached additive map.
-        """
-        if self.deployed:
-            return
+    @torch.no_grad()
+    def reparameterized(self, kpe: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The deploy-form tensors of the current (eval-mode) train-form weights, in float64:
+        ``reparam_weight``, ``reparam_bias``, ``reparam_kpe_weight`` (``kpe_mode='input'``) and
+        ``small_reparam.weight`` (small branch not folded)."""
         if self.kpe_mode is not None and kpe is None:
             raise ValueError(f'switch_to_deploy of a module with kpe_mode={self.kpe_mode!r} needs the stage '
                              f'embedding: call switch_to_deploy(kpe=<(C, K, K) tensor>)')
-        dense = self.dense_weight()
+        w = self.weight.double()
         if self.kpe_mode == 'weight':
-            dense = dense + kpe.unsqueeze(1)
-        kernel, bias, scale = _fuse_bn(dense, self.norm)
+            w = expand_kernel(w, self.grid) + kpe.double().unsqueeze(1)
+        weight, bias, scale = _fuse_bn(w, self.norm)
+        out = {}
         if self.kpe_mode == 'bias':
-            bias = bias + scale * (self.dense_weight().squeeze(1) * kpe).sum((-2, -1))
+            bias = bias + scale * (expand_kernel(self.weight.double(), self.grid).squeeze(1) * kpe.double()).sum(
+                (-2, -1))
         elif self.kpe_mode == 'input':
-            self.register_buffer('kpe_kernel', scale.reshape(-1, 1, 1) * self.dense_weight().squeeze(1) * kpe)
+            out['reparam_kpe_weight'] = self.weight.double() * scale.reshape(-1, 1, 1, 1)
         if self.small_kernel is not None:
-            s_kernel, s_bias, _ = _fuse_bn(self.small_conv.weight, self.small_norm)
-            pad = (self.kernel_size - self.small_kernel) // 2
-            kernel = kernel + F.pad(s_kernel, [pad] * 4)
+            s_weight, s_bias, _ = _fuse_bn(self.small_conv.weight, self.small_norm)
             bias = bias + s_bias
-            del self.small_conv
-            if self.small_norm is not None:
-                del self.small_norm
-        self.lk_reparam = nn.Conv2d(self.channels, self.channels, self.kernel_size,
-                                    padding=self.kernel_size // 2, groups=self.channels, bias=True)
-        self.lk_reparam.weight.copy_(kernel)
-        self.lk_reparam.bias.copy_(bias)
-        self.lk_reparam.to(self.weight.device)
-        del self.weight
-        if self.norm is not None:
-            del self.norm
-        self._kpe_cache = None
-        self.deployed = True
+            first = centre_cell_start(self.deploy_grid, self.small_kernel)
+            if first is not None:
+                sk = self.small_kernel
+                weight = weight.clone()
+                weight[:, :, first:first + sk, first:first + sk] += s_weight
+            else:
+                out['small_reparam.weight'] = s_weight
+        out['reparam_weight'] = weight
+        out['reparam_bias'] = bias
+        return out
+
+    @torch.no_grad()
+    def switch_to_deploy(self, kpe: Optional[torch.Tensor] = None) -> None:
+        """Convert in place to the deploy form (see the class docstring); outputs equal the eval-mode train form.
+
+        Args:
+            kpe (Tensor, optional): The stage embedding ``(C, K, K)``, needed when ``kpe_mode`` is set. With
+                ``kpe_mode='input'`` the deployed module still takes it at every forward.
+        """
+        if self.deployed:
+            return
+        values = self.reparameterized(kpe)
+        ref = self.weight
+        for name in ('weight', 'norm', 'small_conv', 'small_norm'):
+            if hasattr(self, name):
+                delattr(self, name)
+        self._build_deploy_form()
+        self.to(device=ref.device)
+        for name, value in values.items():
+            self.get_parameter(name).data = value.to(device=ref.device, dtype=ref.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        check_state_dict_form(self, state_dict, prefix, 'weight', 'reparam_weight', self.deployed)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 class DenseLargeKernelConv2d(PeripheralConv2d):

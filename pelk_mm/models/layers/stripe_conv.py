@@ -3,8 +3,9 @@ dense-vs-stripe study (paper Table 1, Fig. 2).
 
 SLaK (Liu et al., ICLR 2023) decomposes a ``K x K`` depthwise kernel into two parallel rectangular kernels of
 short side ``s = 5``, each followed by its own BatchNorm, plus the RepLKNet-style small ``5 x 5`` conv + BN. All
-branches are depthwise, stride 1 and "same"-padded, so at deploy time they sum exactly into one ``K x K`` kernel
-(zero outside the cross-shaped support) with a bias.
+branches are depthwise, stride 1 and "same"-padded, so at deploy time the BNs fold into the stripes and a bias
+and the small kernel folds into the centre of the ``K x s`` stripe: two convs of ``2 K s`` taps per pixel
+instead of the ``K x K`` kernel they sum to.
 
 ``conv_type='stripe'`` selects it in :class:`~pelk_mm.models.layers.PartialPeripheralConv` and in
 :class:`~pelk_mm.models.backbones.PeLK`.
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
-from .peripheral_conv import CONV_TYPES, _fuse_bn
+from .peripheral_conv import CONV_TYPES, _fuse_bn, check_state_dict_form
 
 
 def _check_odd(name: str, value, upper: Optional[int] = None, upper_name: str = '') -> None:
@@ -55,6 +56,9 @@ class StripeConv2d(BaseModule):
         center_size (int): Ignored (peripheral grid only).
         base (int): Ignored (peripheral grid only).
         half_grid (Sequence[int], optional): Must be ``None``.
+        deploy (bool): Build the deploy form directly (to load a converted checkpoint): ``conv_h_reparam``
+            (``K x s`` with the bias, the small kernel folded into its centre when ``small_kernel <= s``, else kept
+            as ``small_reparam``) and ``conv_w_reparam`` (``s x K``). Defaults to False.
 
     Shapes:
         x: ``(N, C, H, W)`` -> ``(N, C, H, W)``.
@@ -71,6 +75,7 @@ class StripeConv2d(BaseModule):
                  center_size: int = 5,
                  base: int = 2,
                  half_grid: Optional[Sequence[int]] = None,
+                 deploy: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -93,6 +98,9 @@ class StripeConv2d(BaseModule):
         self.conv_impl = conv_impl
         self.deployed = False
 
+        if deploy:
+            self._build_deploy_form()
+            return
         k, s = kernel_size, stripe_width
         self.conv_h = nn.Conv2d(channels, channels, (k, s), padding=(k // 2, s // 2), groups=channels, bias=False)
         self.norm_h = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
@@ -115,10 +123,19 @@ class StripeConv2d(BaseModule):
         pw = (self.kernel_size - kernel.shape[-1]) // 2
         return F.pad(kernel, [pw, pw, ph, ph])
 
+    @property
+    def small_folded(self) -> bool:
+        """Whether deploy folds the small kernel into the centre of the ``K x s`` stripe (``small_kernel <= s``)."""
+        return self.small_kernel is not None and self.small_kernel <= self.stripe_width
+
     def dense_weight(self) -> torch.Tensor:
-        """The ``(C, 1, K, K)`` cross-shaped kernel of the two stripes (raw weights, before their BNs)."""
+        """The ``(C, 1, K, K)`` cross-shaped kernel of the two stripes (train form: raw weights, before their BNs;
+        deploy form: BNs and the small kernel included)."""
         if self.deployed:
-            return self.lk_reparam.weight
+            dense = self._pad_to_square(self.conv_h_reparam.weight) + self._pad_to_square(self.conv_w_reparam.weight)
+            if self.small_kernel is not None and not self.small_folded:
+                dense = dense + self._pad_to_square(self.small_reparam.weight)
+            return dense
         return self._pad_to_square(self.conv_h.weight) + self._pad_to_square(self.conv_w.weight)
 
     def extra_repr(self) -> str:
@@ -138,13 +155,26 @@ class StripeConv2d(BaseModule):
             raise ValueError('StripeConv2d got a kernel-wise positional embedding but supports none; build the '
                              'backbone with kpe_mode=None for conv_type="stripe"')
         if self.deployed:
-            return self.lk_reparam(x)
+            y = self.conv_h_reparam(x) + self.conv_w_reparam(x)
+            if self.small_kernel is not None and not self.small_folded:
+                y = y + self.small_reparam(x)
+            return y
         y = self._branch(self.conv_h, self.norm_h, x) + self._branch(self.conv_w, self.norm_w, x)
         if self.small_kernel is not None:
             y = y + self._branch(self.small_conv, self.small_norm, x)
         return y
 
     # ------------------------------------------------------------------ deploy
+    def _build_deploy_form(self) -> None:
+        """Create the (default-initialised) deploy-form convs and mark the module deployed."""
+        c, k, s = self.channels, self.kernel_size, self.stripe_width
+        self.conv_h_reparam = nn.Conv2d(c, c, (k, s), padding=(k // 2, s // 2), groups=c, bias=True)
+        self.conv_w_reparam = nn.Conv2d(c, c, (s, k), padding=(s // 2, k // 2), groups=c, bias=False)
+        if self.small_kernel is not None and not self.small_folded:
+            self.small_reparam = nn.Conv2d(c, c, self.small_kernel, padding=self.small_kernel // 2, groups=c,
+                                           bias=False)
+        self.deployed = True
+
     @torch.no_grad()
     def merged_kernel(self):
         """Eval-mode equivalent ``(kernel (C, 1, K, K), bias (C,))`` of all branches with their BNs folded."""
@@ -157,25 +187,52 @@ class StripeConv2d(BaseModule):
             k = self._pad_to_square(k)
             kernel = k if kernel is None else kernel + k
             bias = b if bias is None else bias + b
-        return kernel, bias
+        return kernel.to(self.conv_h.weight.dtype), bias.to(self.conv_h.weight.dtype)
+
+    @torch.no_grad()
+    def reparameterized(self) -> dict:
+        """The deploy-form tensors (float64) of the current eval-mode weights, keyed by parameter name."""
+        h, bias, _ = _fuse_bn(self.conv_h.weight, self.norm_h)
+        w, b_w, _ = _fuse_bn(self.conv_w.weight, self.norm_w)
+        bias = bias + b_w
+        out = {'conv_w_reparam.weight': w}
+        if self.small_kernel is not None:
+            sk, b_s, _ = _fuse_bn(self.small_conv.weight, self.small_norm)
+            bias = bias + b_s
+            if self.small_folded:
+                ph = (self.kernel_size - self.small_kernel) // 2
+                pw = (self.stripe_width - self.small_kernel) // 2
+                h = h + F.pad(sk, [pw, pw, ph, ph])
+            else:
+                out['small_reparam.weight'] = sk
+        out['conv_h_reparam.weight'] = h
+        out['conv_h_reparam.bias'] = bias
+        return out
 
     @torch.no_grad()
     def switch_to_deploy(self, kpe: Optional[torch.Tensor] = None) -> None:
-        """Fold both stripes, the small branch and their BNs into one ``K x K`` depthwise ``nn.Conv2d`` + bias."""
+        """Fold the BNs into the two stripes and a bias, and the small kernel into the ``K x s`` stripe's centre
+        (kept as its own conv when ``small_kernel > stripe_width``), in place; dtype and device are kept."""
         if self.deployed:
             return
         if kpe is not None:
             raise ValueError('StripeConv2d.switch_to_deploy got a kernel-wise positional embedding but the stripe '
                              'kernel supports none (kpe_mode=None)')
-        kernel, bias = self.merged_kernel()
-        self.lk_reparam = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
-                                    groups=self.channels, bias=True).to(device=kernel.device, dtype=kernel.dtype)
-        self.lk_reparam.weight.copy_(kernel)
-        self.lk_reparam.bias.copy_(bias)
+        values = self.reparameterized()
+        ref = self.conv_h.weight
         for name in ('conv_h', 'norm_h', 'conv_w', 'norm_w', 'small_conv', 'small_norm'):
             if hasattr(self, name):
                 delattr(self, name)
-        self.deployed = True
+        self._build_deploy_form()
+        self.to(device=ref.device)
+        for name, value in values.items():
+            self.get_parameter(name).data = value.to(device=ref.device, dtype=ref.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        check_state_dict_form(self, state_dict, prefix, 'conv_h.weight', 'conv_h_reparam.weight', self.deployed)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 CONV_TYPES['stripe'] = StripeConv2d
