@@ -1,79 +1,187 @@
-"""Fixes for running the OpenMMLab 2.0 stack (mmengine 0.10.7, mmcv 2.1, mmpretrain 1.2, mmseg 1.2.2, mmdet 3.3)
-on modern PyTorch. Imported by ``pelk_mm/__init__.py``, so every entry point that imports pelk_mm (our tools, and
-any config with ``custom_imports=dict(imports=['pelk_mm'])``) gets them. Each patch is idempotent.
+"""Patches of third-party behaviour, each scoped to what it replaces and checked against the version it was written
+for (torch 2.14, mmengine 0.10.7, mmcv 2.1.0).
 
-1. ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, so mmengine's local checkpoint loader cannot
-   read Runner checkpoints (``--resume``, ``load_from``, ``init_cfg=Pretrained``). Local files are loaded with
-   ``weights_only=False`` (they are the user's own checkpoints), and an unreadable file raises one clear error
-   naming the file instead of an unpickling traceback.
-2. mmengine writes checkpoints with a plain ``open(path, 'wb')``: a kill while saving leaves a truncated file that
-   ``--resume`` then picks. Local writes go to a temporary file in the same folder, are fsync'ed and renamed over
-   the target (atomic on POSIX).
-3. mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` unconditionally, which fails on CPU-only
-   machines; there the process group is initialised with ``gloo`` and no device is set. Likewise the DDP wrapper
-   gets no ``device_ids`` for a CPU model, and SyncBN (CUDA-only in torch) is reverted to BN on CPU as the Runner
-   already does for single-process runs.
-4. Under torchrun's elastic agent (``--max-restarts``), the process-group rendezvous keys are namespaced by restart
-   attempt, so restarted workers never read a dead worker's address (see ``elastic_attempt_store``).
-5. mmcv 2.1's CPU ``RoIAlign`` kernel indexes the feature map as NCHW-contiguous: a channels-last-strided map
-   (what convs produce from a permuted LayerNorm output) gives wrong RoI features without any error. Inputs are
-   made contiguous first (a no-op for contiguous maps).
+Applied on ``import pelk_mm`` (so every entry point that imports pelk_mm, including any config with
+``custom_imports=dict(imports=['pelk_mm'])``, gets them):
+
+1. **Safe checkpoint loading** -- replaces mmengine's scheme loaders (``load_from_local``, ``load_from_http`` and the
+   model-zoo / ceph loaders built on them), which call ``torch.load`` with its default ``weights_only`` (True in
+   torch >= 2.6, so Runner checkpoints do not load) or, for URLs, ``torch.hub.load_state_dict_from_url`` with
+   ``weights_only=False`` (any pickle runs). Every scheme now goes through
+   :func:`pelk_mm.checkpoint.load_checkpoint_file`: CRC-verified, ``weights_only=True`` with a data-type allow-list,
+   an explicit opt-in for trusted legacy files. Applied on any mmengine version (either upstream form is unsafe or
+   fails on Runner checkpoints); another version gets a one-line warning.
+2. **Atomic checkpoint writes** -- replaces ``LocalBackend.put`` / ``put_text`` (a plain ``open(path, 'wb')``, so a
+   kill while saving leaves a truncated file that ``--resume`` then picks) by temp file + fsync + rename.
+3. **RoIAlign on channels-last maps** -- mmcv 2.1's CPU ``RoIAlign`` kernel indexes the feature map as
+   NCHW-contiguous, so a channels-last-strided map gives wrong RoI features without an error; the input is made
+   contiguous first. On another mmcv version a probe compares both layouts and the patch is applied only if they
+   differ.
+
+Applied by the project's launchers only (:func:`apply_launcher_patches`, called by ``tools/train.py`` /
+``tools/test.py``), since only ``tools/dist_*.sh`` on CPU-only machines needs them:
+
+4. **CPU launcher** -- mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` unconditionally and
+   initialises NCCL; on a machine without CUDA the process group is initialised with ``gloo`` and no device is set.
+   The DDP wrapper gets no ``device_ids`` for a CPU model, and SyncBN (CUDA-only in torch) is reverted to BN on CPU
+   as the Runner already does for single-process runs.
+5. **Elastic restarts** -- under torchrun's elastic agent (``--max-restarts``) the process-group rendezvous keys are
+   namespaced by restart attempt, so restarted workers never read a dead worker's address (see
+   :func:`elastic_attempt_store`).
+
+Each patch is idempotent.
 """
 from __future__ import annotations
 
+import io
+import logging
 import os
-import os.path as osp
-import tempfile
-import warnings
+from typing import Callable, Dict, Optional
 
 import torch
 
-_PATCHED = False
+from .checkpoint import CheckpointLoadError, atomic_write, load_checkpoint_file  # noqa: F401 (re-exported)
+
+__all__ = ['apply', 'apply_launcher_patches', 'elastic_attempt_store', 'WRITTEN_FOR']
+
+#: the version of each package that the patches were written and tested for (``major.minor.patch`` prefix)
+WRITTEN_FOR: Dict[str, str] = {'mmengine': '0.10.7', 'mmcv': '2.1.0', 'torch': '2.14'}
+
+_APPLIED: Dict[str, bool] = {}
 
 
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
-
-
-def load_local_checkpoint(filename: str, map_location=None):
-    """``torch.load`` a local checkpoint with ``weights_only=False`` and a one-line error on failure."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file {filename!r} does not exist')
-    size = osp.getsize(filename)
+def _version(package: str) -> Optional[str]:
     try:
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointLoadError(
-            f'cannot read checkpoint {filename!r} ({size} bytes): {type(err).__name__}: {reason}. The file is '
-            f'truncated or corrupt (e.g. the run was killed while writing it) or not a PyTorch checkpoint; '
-            f'use another checkpoint (e.g. an earlier epoch_*.pth / iter_*.pth in the same work_dir)') from None
+        from importlib.metadata import version
+        return version(package)
+    except Exception:  # noqa: BLE001 - not installed
+        return None
 
 
-def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
-    """Write ``data`` to ``filepath`` via a temp file in the same folder, fsync and rename (atomic on POSIX)."""
-    filepath = str(filepath)
-    folder = osp.dirname(osp.abspath(filepath))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filepath) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _warn(message: str) -> None:
+    from mmengine.logging import print_log
+    print_log(message, logger='current', level=logging.WARNING)
 
 
-def _patch_checkpoint_io() -> None:
-    from mmengine.fileio.backends.local_backend import LocalBackend
+def version_matches(package: str, patch: str) -> bool:
+    """Whether ``package`` is the version ``patch`` was written for; warns once (one line) when it is not."""
+    found, expected = _version(package), WRITTEN_FOR[package]
+    if found is not None and (found == expected or found.startswith(expected + '.')
+                              or found.split('+')[0] == expected):
+        return True
+    key = f'warned:{patch}'
+    if not _APPLIED.get(key):
+        _APPLIED[key] = True
+        _warn(f'pelk_mm: the patch "{patch}" was written for {package} {expected}, found {found}; it is applied '
+              f'only where pelk_mm checks that it is still needed (pelk_mm.compat)')
+    return False
+
+
+def _once(name: str, fn: Callable[[], None]) -> None:
+    if not _APPLIED.get(name):
+        fn()
+        _APPLIED[name] = True
+
+
+# --------------------------------------------------------------------------------------------------- 1. loading
+def _load_local(filename: str, map_location=None):
+    return load_checkpoint_file(filename, map_location=map_location)
+
+
+def _download(url: str, model_dir: Optional[str] = None) -> str:
+    """The local copy of ``url`` in torch hub's checkpoint folder (downloaded by local rank 0 first)."""
+    from urllib.parse import urlparse
+
+    from mmengine.dist import get_dist_info
+    from torch.hub import download_url_to_file, get_dir
+
+    model_dir = model_dir or os.path.join(get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = os.path.join(model_dir, os.path.basename(urlparse(url).path))
+    rank, world_size = get_dist_info()
+    if rank == 0 and not os.path.exists(cached):
+        download_url_to_file(url, cached, progress=False)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if not os.path.exists(cached):  # another node's ranks: their own copy
+            download_url_to_file(url, cached, progress=False)
+    return cached
+
+
+def _load_http(filename: str, map_location=None, model_dir: Optional[str] = None):
+    return load_checkpoint_file(_download(filename, model_dir), map_location=map_location, name=filename)
+
+
+def _load_torchvision(filename: str, map_location=None):
+    from mmengine.runner.checkpoint import get_torchvision_models
+    name = filename.split('://', 1)[1]
+    return _load_http(get_torchvision_models()[name], map_location=map_location)
+
+
+def _load_openmmlab(filename: str, map_location=None):
+    import os.path as osp
+
+    from mmengine.runner.checkpoint import _get_mmengine_home, get_deprecated_model_names, get_external_models
+    name = filename.split('://', 1)[1]
+    name = get_deprecated_model_names().get(name, name)
+    url = get_external_models()[name]
+    if url.startswith(('http://', 'https://')):
+        return _load_http(url, map_location=map_location)
+    return load_checkpoint_file(osp.join(_get_mmengine_home(), url), map_location=map_location)
+
+
+def _load_mmcls(filename: str, map_location=None):
+    from mmengine.runner.checkpoint import _process_mmcls_checkpoint, get_mmcls_models
+    checkpoint = _load_http(get_mmcls_models()[filename[len('mmcls://'):]], map_location=map_location)
+    return _process_mmcls_checkpoint(checkpoint)
+
+
+def _load_ceph(filename: str, map_location=None, backend: str = 'petrel'):
+    from mmengine.fileio import get_file_backend
+    data = get_file_backend(filename, backend_args={'backend': backend}).get(filename)
+    return load_checkpoint_file(io.BytesIO(data), map_location=map_location, name=filename)
+
+
+def _load_pavi(filename: str, map_location=None):
+    import tempfile
+
+    from pavi import modelcloud  # noqa: F401 - the pavi client is optional, as in mmengine
+    model = modelcloud.get(filename[len('pavi://'):])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, model.name)
+        model.download(path)
+        return load_checkpoint_file(path, map_location=map_location, name=filename)
+
+
+#: mmengine's scheme prefixes (``mmengine/runner/checkpoint.py``) -> the safe loader that replaces it
+SAFE_LOADERS = {
+    '': _load_local,
+    ('http://', 'https://'): _load_http,
+    ('modelzoo://', 'torchvision://'): _load_torchvision,
+    ('open-mmlab://', 'openmmlab://'): _load_openmmlab,
+    'mmcls://': _load_mmcls,
+    (r'(\S+\:)?s3://', r'(\S+\:)?petrel://'): _load_ceph,
+    'pavi://': _load_pavi,
+}
+
+
+def _patch_checkpoint_loading() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    version_matches('mmengine', 'safe checkpoint loading')  # applied on any version: see the module docstring
+    for prefixes, loader in SAFE_LOADERS.items():
+        CheckpointLoader.register_scheme(prefixes=list(prefixes) if isinstance(prefixes, tuple) else prefixes,
+                                         loader=loader, force=True)
+
+
+# --------------------------------------------------------------------------------------------------- 2. writing
+def _patch_atomic_writes() -> None:
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    if not version_matches('mmengine', 'atomic checkpoint writes'):
+        import inspect
+        if 'os.replace' in inspect.getsource(LocalBackend.put):
+            return  # upstream already writes atomically
 
     def put(self, obj: bytes, filepath) -> None:
         atomic_write(obj, filepath, 'wb')
@@ -87,6 +195,39 @@ def _patch_checkpoint_io() -> None:
     LocalBackend.put_text = put_text
 
 
+# --------------------------------------------------------------------------------------------------- 3. RoIAlign
+def _roi_align_misreads_channels_last() -> bool:
+    """Whether mmcv's compiled RoIAlign kernel (called directly, past any patch) misreads a channels-last map."""
+    from mmcv.ops.roi_align import ext_module
+    x = torch.arange(2 * 4 * 6 * 6, dtype=torch.float32).reshape(2, 4, 6, 6)
+    rois = torch.tensor([[0., 0., 0., 4., 4.], [1., 1., 1., 5., 5.]])
+
+    def raw(inp):
+        out = inp.new_zeros(2, 4, 2, 2)
+        ext_module.roi_align_forward(inp, rois, out, inp.new_zeros(0), inp.new_zeros(0), aligned_height=2,
+                                     aligned_width=2, spatial_scale=1.0, sampling_ratio=2, pool_mode=1, aligned=True)
+        return out
+
+    return not torch.equal(raw(x), raw(x.to(memory_format=torch.channels_last)))
+
+
+def _patch_roi_align() -> None:
+    try:
+        from mmcv.ops.roi_align import RoIAlignFunction
+    except (ImportError, OSError):
+        return  # mmcv without compiled ops: no RoIAlign to fix
+    if not version_matches('mmcv', 'RoIAlign contiguous input') and \
+            not _roi_align_misreads_channels_last():
+        return
+    forward = RoIAlignFunction.forward
+
+    def contiguous_forward(ctx, input, rois, *args, **kwargs):
+        return forward(ctx, input.contiguous(), rois.contiguous(), *args, **kwargs)
+
+    RoIAlignFunction.forward = staticmethod(contiguous_forward)
+
+
+# --------------------------------------------------------------------------------------------------- 4./5. launcher
 def elastic_attempt_store(timeout=None):
     """The store for ``init_process_group`` under a torchrun elastic agent, namespaced by restart attempt.
 
@@ -112,7 +253,12 @@ def elastic_attempt_store(timeout=None):
 
 def _patch_cpu_launcher() -> None:
     import mmengine.dist.utils as dist_utils
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.model.wrappers import MMDistributedDataParallel
+    from mmengine.runner import Runner
 
+    version_matches('mmengine', 'CPU launcher')  # the launcher's own tests cover other versions
+    version_matches('torch', 'elastic rendezvous prefix')
     original = dist_utils._init_dist_pytorch
 
     def _init_dist_pytorch(backend, init_backend='torch', **kwargs) -> None:
@@ -129,10 +275,6 @@ def _patch_cpu_launcher() -> None:
         torch_dist.init_process_group(backend=backend, **kwargs)
 
     dist_utils._init_dist_pytorch = _init_dist_pytorch
-
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.model.wrappers import MMDistributedDataParallel
-    from mmengine.runner import Runner
 
     ddp_init = MMDistributedDataParallel.__init__
 
@@ -154,27 +296,16 @@ def _patch_cpu_launcher() -> None:
     Runner.wrap_model = wrap_model_cpu_safe
 
 
-def _patch_roi_align() -> None:
-    from mmcv.ops.roi_align import RoIAlignFunction
-
-    forward = RoIAlignFunction.forward
-
-    def contiguous_forward(ctx, input, rois, *args, **kwargs):
-        return forward(ctx, input.contiguous(), rois.contiguous(), *args, **kwargs)
-
-    RoIAlignFunction.forward = staticmethod(contiguous_forward)
-
-
 def apply() -> None:
-    global _PATCHED
-    if _PATCHED:
-        return
-    # setuptools<81 is pinned on purpose (mmengine's `pkg::` config bases need pkg_resources): silence its notice
-    warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
-    _patch_checkpoint_io()
-    _patch_cpu_launcher()
-    _patch_roi_align()
-    _PATCHED = True
+    """The patches every entry point needs (1-3); idempotent."""
+    _once('checkpoint loading', _patch_checkpoint_loading)
+    _once('atomic writes', _patch_atomic_writes)
+    _once('roi align', _patch_roi_align)
+
+
+def apply_launcher_patches() -> None:
+    """The patches of ``tools/train.py`` / ``tools/test.py`` (4-5); idempotent."""
+    _once('cpu launcher', _patch_cpu_launcher)
 
 
 apply()

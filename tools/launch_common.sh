@@ -17,11 +17,12 @@ usage_unless() {
 }
 
 # torchrun_tool NPROC TOOL ARGS...: tools/TOOL under torchrun, one process per GPU (gloo on CPU-only machines).
+# pelk_mm.apis.torchrun is torch.distributed.run with a failed job reported in one line (no agent traceback).
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR (default 127.0.0.1), PORT (default 29500).
 torchrun_tool() {
     local nproc=$1 tool=$2
     shift 2
-    exec "$PYTHON" -m torch.distributed.run \
+    exec "$PYTHON" -m pelk_mm.apis.torchrun \
         --nnodes="${NNODES:-1}" \
         --node_rank="${NODE_RANK:-0}" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" \

@@ -17,7 +17,7 @@ __all__ = ['user_error_types', 'one_line', 'format_user_error', 'exit_code', 'ru
 
 def user_error_types() -> Tuple[Type[BaseException], ...]:
     """Exception classes shown as one line (imported lazily: this module must stay cheap to import)."""
-    from pelk_mm.compat import CheckpointLoadError
+    from pelk_mm.checkpoint import CheckpointLoadError
     from pelk_mm.engine.hooks.non_finite_guard_hook import NonFiniteTrainingError
 
     from .check_data import MissingDataError

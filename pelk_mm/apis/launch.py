@@ -16,7 +16,8 @@ functions reproduce the behaviour users know from each codebase, chosen by the c
 * the Runner comes from ``RUNNERS`` when ``runner_type`` is set, else ``Runner.from_cfg``.
 
 ``--cfg-options`` is merged last, after every other flag (mmpretrain's order), so an explicit ``key=value`` always
-wins. Importing this module imports :mod:`pelk_mm`, which applies the modern-torch compatibility patches.
+wins. Importing this module imports :mod:`pelk_mm` (safe checkpoint loading, atomic writes); the entry points
+add the launcher patches of :func:`pelk_mm.compat.apply_launcher_patches`.
 """
 from __future__ import annotations
 
@@ -26,17 +27,18 @@ import importlib
 import logging
 import os
 import os.path as osp
+import warnings
 from typing import List, Optional, Sequence
 
-import pelk_mm  # noqa: F401  (compat patches + pelk_mm.PeLK)
+import pelk_mm  # noqa: F401  (safe checkpoint loading + pelk_mm.PeLK)
 from mmengine.config import Config, ConfigDict, DictAction
 
 from .check_data import MissingDataError, check_data_paths
 from .errors import one_line
 
 __all__ = [
-    'CODEBASES', 'LaunchError', 'check_launcher', 'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser',
-    'parse_train_args', 'parse_test_args', 'load_config', 'merge_train_args', 'merge_test_args', 'amp_device_available',
+    'CODEBASES', 'LaunchError', 'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'check_launcher',
+    'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser', 'parse_train_args', 'parse_test_args', 'load_config', 'merge_train_args', 'merge_test_args', 'amp_device_available',
     'resolve_amp', 'prepare_data', 'build_runner', 'train', 'test', 'train_main', 'test_main'
 ]
 
@@ -88,8 +90,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=_CFG_OPTIONS_HELP)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (tools/dist_*.sh pass pytorch, tools/slurm_*.sh pass slurm)')
+    add_trust_checkpoint_arg(parser)
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank; torchrun sets LOCAL_RANK
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def add_trust_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: the explicit opt-in for checkpoints that need more than the safe allow-list."""
+    from pelk_mm.checkpoint import TRUST_ENV
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true',
+        help=f'load checkpoints that the safe loader refuses (they need pickled globals beyond tensors and plain '
+             f'data, so unpickling them can run code): only for files whose source you trust. Same as '
+             f'{TRUST_ENV}=1; each such load is logged as a warning')
+
+
+def apply_trust_checkpoint(args) -> None:
+    """Turn ``--trust-checkpoint`` into the environment switch the loader reads (inherited by worker processes)."""
+    if getattr(args, 'trust_checkpoint', False):
+        from pelk_mm.checkpoint import set_trust_checkpoints
+        set_trust_checkpoints(True)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -136,6 +156,7 @@ def build_test_parser() -> argparse.ArgumentParser:
 
 
 def _finish_args(args):
+    apply_trust_checkpoint(args)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -158,7 +179,11 @@ def load_config(path: str) -> Config:
     if not osp.isfile(path):
         raise LaunchError(f'config file {path!r} does not exist')
     try:
-        return Config.fromfile(path)
+        with warnings.catch_warnings():
+            # mmengine resolves `mmpretrain::`-style bases through pkg_resources (setuptools<81 is pinned for it),
+            # which announces its own deprecation on every reload
+            warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+            return Config.fromfile(path)
     except Exception as err:  # noqa: BLE001 - everything fromfile raises is a problem of the config files
         raise LaunchError(f'cannot load config {path!r}: {one_line(err, with_type=True)}') from err
 
@@ -474,12 +499,12 @@ def _prepare(cfg, args, mode: str):
     if codebase == 'mmdet':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
         setup_cache_size_limit_of_dynamo()
-    warnings = []
+    notes = []
     if mode == 'train':
-        warnings = resolve_amp(cfg, bool(args.amp))
-    from .validate import validate_config  # config/checkpoint checks before the Runner is built (issue 6)
-    warnings += validate_config(cfg, mode, config_name=args.config)
-    return codebase, info, warnings
+        notes = resolve_amp(cfg, bool(args.amp))
+    from .validate import validate_config  # config and checkpoint checks before the Runner is built
+    notes += validate_config(cfg, mode, config_name=args.config)
+    return codebase, info, notes
 
 
 def train(args):
@@ -487,10 +512,10 @@ def train(args):
     cfg = load_config(args.config)
     get_codebase(cfg, args.config)
     cfg = merge_train_args(cfg, args)
-    codebase, info, warnings = _prepare(cfg, args, 'train')
+    codebase, info, notes = _prepare(cfg, args, 'train')
     runner = build_runner(cfg, codebase)
     _log(runner, info, logging.INFO)
-    _log(runner, warnings)
+    _log(runner, notes)
     runner.train()
     return runner
 
@@ -517,6 +542,8 @@ def test(args):
 
 
 def _run_cli(fn, args) -> int:
+    from pelk_mm.compat import apply_launcher_patches
+    apply_launcher_patches()  # CPU/gloo launcher and elastic rendezvous: needed by these entry points only
     from .errors import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
     return run_cli(fn, args)
 

@@ -14,9 +14,10 @@ inside mmengine after minutes of start-up. It checks:
 * ``model.backbone.init_cfg`` ``Pretrained`` checkpoints: readable, and their (prefix-filtered) keys and shapes
   match the backbone (missing keys such as the per-output norms of dense-prediction mode are fine; any shape
   mismatch, or no overlap, is an error that names the likely arch);
-* ``load_from`` / ``--resume`` targets: readable (truncated files are caught from the zip directory). For
-  ``--resume`` without a path, a ``last_checkpoint`` that is empty or points at a missing or unreadable file (a
-  run killed while saving) falls back to the newest readable checkpoint in ``work_dir`` with a warning.
+* ``load_from`` / ``--resume`` targets: readable and intact (every zip record's CRC-32 is checked). For
+  ``--resume`` without a path, a ``last_checkpoint`` that is empty or points at a missing, unreadable or damaged
+  file (a run killed while saving, a disk error) falls back to the newest intact checkpoint in ``work_dir`` with a
+  warning.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import contextlib
 import glob
 import os.path as osp
 import re
-import zipfile
 from typing import List, Optional, Tuple
 
 from .check_data import check_data_paths
@@ -195,7 +195,7 @@ def _check_model(cfg) -> None:
 
 # --------------------------------------------------------------------------------------------------- checkpoints
 def check_checkpoint_file(path: str, key: str, missing_fix: Optional[str] = None) -> None:
-    """Cheap readability check of a local checkpoint (exists, non-empty, intact zip directory and pickle)."""
+    """Readability check of a local checkpoint: exists, non-empty, and every zip record matches its CRC-32."""
     if '://' in str(path):
         return
     if not osp.isfile(path):
@@ -205,23 +205,18 @@ def check_checkpoint_file(path: str, key: str, missing_fix: Optional[str] = None
     if size == 0:
         _fail(key, f'checkpoint {path!r} is empty (0 bytes)', 'use an intact checkpoint, e.g. an earlier '
               'epoch_*.pth / iter_*.pth in the same folder')
-    if not zipfile.is_zipfile(path):
-        with open(path, 'rb') as f:
-            head = f.read(2)
-        if head[:1] == b'\x80':  # legacy (non-zip) torch.save format: cannot be checked cheaply
-            return
-        _fail(key, f'checkpoint {path!r} ({size} bytes) is truncated or not a PyTorch checkpoint (no zip '
-              f'directory at the end; a run killed while writing it leaves such a file)',
-              'use an intact checkpoint, e.g. an earlier epoch_*.pth / iter_*.pth in the same folder')
+    from pelk_mm.checkpoint import (CheckpointLoadError, UnsafeCheckpointError, check_checkpoint_safety,
+                                    verify_checkpoint)
     try:
-        with zipfile.ZipFile(path) as zf:
-            pkl = [n for n in zf.namelist() if n.endswith('data.pkl')]
-            if not pkl:
-                raise zipfile.BadZipFile('no data.pkl record')
-            zf.read(pkl[0])  # CRC-checked
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        _fail(key, f'checkpoint {path!r} ({size} bytes) is corrupt ({err})',
-              'use an intact checkpoint, e.g. an earlier epoch_*.pth / iter_*.pth in the same folder')
+        verify_checkpoint(path)  # every record's CRC-32 (cached: the load that follows does not repeat it)
+        check_checkpoint_safety(path)  # refused globals, from the pickle's opcodes (nothing runs)
+    except UnsafeCheckpointError:
+        raise  # its message names the file, the refused global and the opt-in
+    except CheckpointLoadError as err:
+        _fail(key, str(err).split('. Fix: ')[0], 'use an intact checkpoint, e.g. an earlier epoch_*.pth / '
+              'iter_*.pth in the same folder, or an intact copy of the file')
+    except OSError as err:
+        _fail(key, f'checkpoint {path!r} cannot be read ({err})', 'check the file\'s permissions')
 
 
 def _readable(path: str) -> bool:
@@ -268,7 +263,7 @@ def resolve_resume(cfg) -> List[str]:
     for path in candidates:
         if _readable(path):
             cfg.load_from = path
-            notes.append(f'--resume: {marker} {why}; resuming from the newest readable checkpoint {path} instead')
+            notes.append(f'--resume: {marker} {why}; resuming from the newest intact checkpoint {path} instead')
             return notes
     _fail('resume', f'{marker} {why} and {work_dir} holds no other readable epoch_*.pth / iter_*.pth',
           'start without --resume, or pass --resume PATH to an intact checkpoint')
@@ -313,11 +308,13 @@ def _check_pretrained(cfg, backbone) -> None:
             'train or download the ImageNet-1k PeLK checkpoint and put it there (README "Pretrained weights"), '
             'point the key at your copy with --cfg-options model.backbone.init_cfg.checkpoint=/path/to.pth, or '
             'train from scratch with --cfg-options model.backbone.init_cfg=None'))
-        from pelk_mm.compat import CheckpointLoadError, load_local_checkpoint
+        from pelk_mm.checkpoint import CheckpointLoadError, UnsafeCheckpointError, load_checkpoint_file
         try:
-            ckpt = load_local_checkpoint(path, map_location='cpu')
+            ckpt = load_checkpoint_file(path, map_location='cpu')
+        except UnsafeCheckpointError:
+            raise  # its message names the file, the refused global and the opt-in
         except CheckpointLoadError as err:
-            _fail(key, str(err), 'use an intact checkpoint')
+            _fail(key, str(err).split('. Fix: ')[0], 'use an intact checkpoint')
         state = ckpt.get('state_dict', ckpt.get('model', ckpt)) if isinstance(ckpt, dict) else {}
         if prefix:
             p = prefix if prefix.endswith('.') else prefix + '.'

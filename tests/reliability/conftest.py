@@ -94,7 +94,9 @@ def log_text(work_dir) -> str:
 
 
 def load(path):
-    return torch.load(str(path), map_location='cpu', weights_only=False)
+    """A checkpoint the runs wrote, through the project's safe loader (so it must need no opt-in)."""
+    from pelk_mm.checkpoint import load_checkpoint_file
+    return load_checkpoint_file(str(path), map_location='cpu')
 
 
 def _flatten(obj, prefix=''):

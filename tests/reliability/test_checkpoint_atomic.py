@@ -16,6 +16,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import pelk_mm.engine  # noqa: F401  (registers the hooks)
+from pelk_mm.checkpoint import load_checkpoint_file  # what the project writes loads without opt-in
 from pelk_mm.engine.hooks import ResumeStateHook
 
 
@@ -71,7 +72,7 @@ def _run(tmp_path, hooks, max_keep=1, max_iters=6):
 
 
 def _readable(path):
-    return torch.load(str(path), map_location='cpu', weights_only=False)['meta']['iter']
+    return load_checkpoint_file(str(path), map_location='cpu')['meta']['iter']
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -100,7 +101,7 @@ def test_stock_rotation_deletes_before_writing(tmp_path, monkeypatch):
 def test_rotation_still_keeps_max_keep_ckpts(tmp_path, max_keep, expected):
     _run(tmp_path, [ResumeStateHook()], max_keep=max_keep).train()
     assert sorted(p.name for p in tmp_path.glob('iter_*.pth')) == expected
-    ckpt = torch.load(str(tmp_path / 'iter_6.pth'), map_location='cpu', weights_only=False)
+    ckpt = load_checkpoint_file(str(tmp_path / 'iter_6.pth'), map_location='cpu')
     assert ckpt['message_hub']['runtime_info']['keep_ckpt_ids'][-1] == 6
     assert ckpt['resume_state']['world_size'] == 1 and len(ckpt['resume_state']['rng']) == 1
 

@@ -14,6 +14,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import pelk_mm.engine  # noqa: F401  (registers the hooks)
+from pelk_mm.checkpoint import load_checkpoint_file  # what the project writes loads without opt-in
 from pelk_mm.engine.hooks import NonFiniteGuardHook, NonFiniteTrainingError
 
 
@@ -145,7 +146,7 @@ def test_streak_stops_with_clear_error_and_finite_checkpoints(tmp_path):
     saved = sorted(p.name for p in tmp_path.glob('iter_*.pth'))
     assert saved == ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']  # iter 6 was skipped: weights of iter 4
     for name in saved:
-        sd = torch.load(tmp_path / name, map_location='cpu', weights_only=False)['state_dict']
+        sd = load_checkpoint_file(str(tmp_path / name), map_location='cpu')['state_dict']
         assert _finite(sd), name
     assert len(snaps.params) == 6  # stopped inside iteration 7
 

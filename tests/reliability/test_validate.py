@@ -1,6 +1,7 @@
 """Config validation before any heavy work: each bad setting fails through tools/train.py with exit status 2, one
 line naming the config key and the fix, no traceback, and before the Runner exists (no log in the work dir).
 In-process checks time ``validate_config`` itself."""
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -175,18 +176,19 @@ def test_cli_fails_fast_with_one_line(name, cli_results):
     assert r.elapsed < 240, f'{r.elapsed:.0f} s'  # start-up (imports) dominates; the check itself: < 10 s
 
 
-def test_unreadable_checkpoint_at_load_time_is_one_line(tmp_path, capsys):
-    """A checkpoint that passes the cheap zip check but cannot be unpickled fails inside the Runner with
-    pelk_mm.compat.CheckpointLoadError; tools/train.py's error layer prints it as one line (status 2)."""
+def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
+    """A checkpoint with an intact zip directory whose pickle cannot be read stops the config check (before the
+    Runner is built) and the loader with one line naming the file (status 2)."""
     import zipfile
 
     from pelk_mm.apis.errors import run_cli
-    from pelk_mm.compat import load_local_checkpoint
+    from pelk_mm.checkpoint import load_checkpoint_file
     path = tmp_path / 'bad_pickle.pth'
     with zipfile.ZipFile(path, 'w') as zf:
         zf.writestr('archive/data.pkl', b'\x80\x02garbage')
-    validate_config(Config(dict(load_from=str(path), resume=False)), 'train', check_data=False)  # passes
-    assert run_cli(lambda args: load_local_checkpoint(str(path)), None) == 2
+    with pytest.raises(ConfigValidationError, match=re.escape(f"cannot read checkpoint '{path}'")):
+        validate_config(Config(dict(load_from=str(path), resume=False)), 'train', check_data=False)
+    assert run_cli(lambda args: load_checkpoint_file(str(path)), None) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot read checkpoint '{path}'"), err
 

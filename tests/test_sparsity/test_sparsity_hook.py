@@ -13,6 +13,7 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
+from pelk_mm.checkpoint import load_checkpoint_file  # what the project writes loads without opt-in
 from pelk_mm.engine.hooks import DynamicSparsityHook
 from pelk_mm.registry import HOOKS
 from pelk_mm.utils.sparsity import (cosine_prune_rate, erk_densities, pack_mask, prune_and_grow, random_mask,
@@ -219,7 +220,7 @@ def test_masks_persist_through_save_and_resume(tmp_path):
     runner = make_runner(tmp_path, cfg, max_iters=4, ckpt_interval=4)
     runner.train()
     saved = {n: m.clone() for n, m in get_hook(runner).masks.items()}
-    ckpt = torch.load(osp.join(tmp_path, 'iter_4.pth'), map_location='cpu', weights_only=False)
+    ckpt = load_checkpoint_file(str(osp.join(tmp_path, 'iter_4.pth')), map_location='cpu')
     assert set(ckpt['sparsity']['masks']) == set(saved)
 
     resumed = make_runner(tmp_path, dict(cfg, seed=123), max_iters=5, resume=True, ckpt_interval=100)

@@ -31,6 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--shape', type=int, nargs='+', default=None, metavar='SIZE',
                         help='input size: H W, or one number for a square input (default: per codebase)')
     parser.add_argument('--checkpoint', help='load these weights first (e.g. a sparse model: non-zero count)')
+    from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint
+    add_trust_checkpoint_arg(parser)
     parser.add_argument('--sparsity', type=float, default=None, metavar='S',
                         help='also count params/FLOPs the way SLaK/PeLK report them (non-zero weights only) with a '
                              'fraction S of the 2-D/4-D weights zeroed, e.g. 0.4 (backbone only for seg/det)')
@@ -51,6 +53,7 @@ def parse_args(argv=None):
                              'the convention of the papers\' detection FLOPs); default: all RPN proposals')
     parser.add_argument('--json', metavar='OUT', help='also write the results to this JSON file')
     args = parser.parse_args(argv)
+    apply_trust_checkpoint(args)
     if args.shape is not None:
         if len(args.shape) == 1:
             args.shape = [args.shape[0], args.shape[0]]
@@ -124,4 +127,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from pelk_mm.apis.errors import run_main
+    sys.exit(run_main(main))

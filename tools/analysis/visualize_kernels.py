@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Plot sharing grids, learned kernels and the params-vs-K curve')
     p.add_argument('config', nargs='?', help='config with a PeLK backbone')
     p.add_argument('--checkpoint', help='checkpoint (default: random init, still shows the grids)')
+    from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint
+    add_trust_checkpoint_arg(p)
     p.add_argument('--block', type=int, default=0, help='block of each stage whose kernel is drawn')
     p.add_argument('--channels', type=int, default=8, help='individual channels drawn per stage')
     p.add_argument('--kernel-sizes', type=int, nargs='+', default=list(FIG6_KERNELS),
@@ -49,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', default='work_dirs/kernels')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
     args = p.parse_args(argv)
+    apply_trust_checkpoint(args)
     if args.config is None and not args.param_curve_only:
         p.error('give a CONFIG, or --param-curve-only')
     for k in args.kernel_sizes:

@@ -53,7 +53,7 @@ from mmengine.dist import all_gather_object, get_rank, get_world_size, is_distri
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner.loops import EpochBasedTrainLoop
 
-from pelk_mm.compat import atomic_write
+from pelk_mm.checkpoint import atomic_write
 from pelk_mm.registry import HOOKS
 
 __all__ = ['ResumeStateHook', 'capture_rng_state', 'restore_rng_state', 'STATE_KEY']
@@ -63,9 +63,25 @@ STATE_KEY = 'resume_state'
 _VERSION = 1
 
 
+def _numpy_state() -> dict:
+    # NOTE: as a tensor and plain values, not numpy's tuple with an ndarray, so that the checkpoint loads with
+    # torch.load(weights_only=True) without allowing any numpy global
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return dict(kind=str(kind), keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                has_gauss=int(has_gauss), cached_gaussian=float(cached_gaussian))
+
+
+def _set_numpy_state(state) -> None:
+    if isinstance(state, dict):
+        keys = state['keys'].cpu().numpy().astype(np.uint32)
+        state = (state['kind'], keys, state['pos'], state['has_gauss'], state['cached_gaussian'])
+    np.random.set_state(state)  # a tuple: checkpoints written by earlier versions of the hook
+
+
 def capture_rng_state(generator: Optional[torch.Generator] = None) -> dict:
-    """The python, numpy, torch CPU (and initialised CUDA) generator states of this process."""
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """The python, numpy, torch CPU (and initialised CUDA) generator states of this process, as tensors and plain
+    Python values."""
+    state = dict(python=random.getstate(), numpy=_numpy_state(), torch=torch.get_rng_state())
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     if generator is not None:
@@ -76,7 +92,7 @@ def capture_rng_state(generator: Optional[torch.Generator] = None) -> dict:
 def restore_rng_state(state: dict, generator: Optional[torch.Generator] = None) -> None:
     """Inverse of :func:`capture_rng_state` (tensors may have been mapped to another device by the loader)."""
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    _set_numpy_state(state['numpy'])
     torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and torch.cuda.is_available():
         cuda_states = [s.cpu() for s in state['cuda']]
