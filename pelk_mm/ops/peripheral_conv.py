@@ -13,6 +13,7 @@ name          method                                                            
 ``box``       the same structure as three PyTorch matmuls (banded 0/1 matrices)                       any
 ``fft``       ``rfft2`` on 2/3/5-smooth sizes, kernel spectrum shared across the batch                 any
 ``dense_cl``  dense kernel cropped to the map, channels_last ``F.conv2d``                             any
+``cumsum``    prefix sums + slices + ``k' x k'`` matmul: standard ONNX ops only (export; never ``auto``)   any
 ``dense``     reference: full dense kernel, ``F.conv2d`` (what the paper does)                        any
 ============  =====================================================================================  ==========
 
@@ -46,7 +47,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _impl_cpp, _impl_torch, _impl_triton
+from . import _impl_cpp, _impl_onnx, _impl_torch, _impl_triton
 from .sharing_grid import expand_kernel
 
 logger = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ def _floating(x, w, g) -> bool:
 
 
 register_impl('dense', dense_peripheral_conv2d, priority=0)
+register_impl('cumsum', _impl_onnx.cumsum_peripheral_conv2d, _floating, priority=5, auto=lambda x, w, g: False)
 register_impl('dense_cl', _impl_torch.dense_cl_peripheral_conv2d, _floating, priority=10)
 register_impl('fft', _impl_torch.fft_peripheral_conv2d, _floating, priority=20)
 register_impl('box', _impl_torch.box_peripheral_conv2d, _floating, priority=30)

@@ -17,7 +17,7 @@ from pelk_mm.ops import (autotune_cache, available_impls, clear_autotune_cache, 
 from pelk_mm.ops import _impl_cpp, peripheral_conv as pc
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-CPU_IMPLS = ['cpp', 'box', 'fft', 'dense_cl', 'dense']
+CPU_IMPLS = ['cpp', 'box', 'fft', 'dense_cl', 'cumsum', 'dense']
 HAS_TRITON = importlib.util.find_spec('triton') is not None
 
 

@@ -54,14 +54,15 @@ def check_state_dict_form(module: nn.Module, state_dict: dict, prefix: str, trai
             f'which pelk_mm does not build; load the train-form checkpoint (deploy=False) or {fix_convert}')
     if deployed and has_train and not has_deploy:
         raise DeployFormError(
-            f'checkpoint holds the train form of {name} ({prefix}{train_key}: shared weights with BN and '
-            f'small-kernel branch) but the model is built in deploy form (deploy=True); build it with '
-            f'deploy=False, or {fix_convert} and load that')
+            f'checkpoint holds the train form of {name} ({prefix}{train_key}, with its BatchNorms and small-kernel '
+            f'branch) but the model is built in deploy form (deploy=True); build it with deploy=False, or '
+            f'{fix_convert} and load that')
     if not deployed and has_deploy and not has_train:
         raise DeployFormError(
-            f'checkpoint holds the deploy form of {name} ({prefix}{deploy_key}: re-parameterised weights) but the '
-            f'model is built in train form (deploy=False); build it with deploy=True (e.g. --cfg-options '
-            f'model.backbone.deploy=True), or load the train-form checkpoint it was converted from')
+            f'checkpoint holds the deploy form of {name} ({prefix}{deploy_key}, written by switch_to_deploy or '
+            f'tools/deploy/convert_to_deploy.py) but the model is built in train form (deploy=False); build it with '
+            f'deploy=True (e.g. --cfg-options model.backbone.deploy=True), or load the train-form checkpoint it '
+            f'was converted from')
 
 
 def centre_cell_start(grid: Sequence[int], small_kernel: int) -> Optional[int]:
