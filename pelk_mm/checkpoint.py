@@ -37,7 +37,8 @@ import torch
 __all__ = [
     'CheckpointLoadError', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'SAFE_GLOBALS', 'TRUST_ENV',
     'set_trust_checkpoints', 'checkpoints_trusted', 'verify_checkpoint', 'refused_globals',
-    'check_checkpoint_safety', 'load_checkpoint_file', 'atomic_write'
+    'check_checkpoint_safety', 'load_checkpoint_file', 'checkpoint_weights', 'weights_mismatch',
+    'nonfinite_weights', 'check_checkpoint_fits', 'remove_stale_writes', 'atomic_write'
 ]
 
 #: environment variable that lets :func:`load_checkpoint_file` unpickle files the allow-list refuses
@@ -314,7 +315,83 @@ def _unreadable(source, what: str, err: BaseException) -> CheckpointLoadError:
         f'corrupt (e.g. the run was killed while writing it) or not a PyTorch checkpoint. Fix: {_FIX_DAMAGED}')
 
 
+# --------------------------------------------------------------------------------------------------- contents
+def checkpoint_weights(checkpoint) -> Dict[str, torch.Tensor]:
+    """The model weights of a loaded checkpoint (its ``state_dict``, else the dict itself), without a DDP
+    ``module.`` prefix."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _first(names: List[str], count: int = 3) -> str:
+    return ', '.join(names[:count]) + (f' (+{len(names) - count} more)' if len(names) > count else '')
+
+
+def weights_mismatch(model: torch.nn.Module, weights: Dict[str, torch.Tensor],
+                     allowed_prefixes: Tuple[str, ...] = ()) -> Optional[str]:
+    """``None`` when ``weights`` cover every entry of ``model.state_dict()`` with the same shapes; else one phrase
+    with the counts and the first keys. Keys under ``allowed_prefixes`` (an intended mismatch, such as a new
+    classification head when fine-tuning) are not counted."""
+    expected = model.state_dict()
+    counted = [k for k in expected if not k.startswith(tuple(allowed_prefixes))]
+    missing = [k for k in counted if k not in weights]
+    shaped = [k for k in counted if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if not missing and not shaped:
+        return None
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} of the model\'s {len(counted)} weights are missing (e.g. {_first(missing)})')
+    if shaped:
+        k = shaped[0]
+        parts.append(f'{len(shaped)} have another shape (e.g. {k}: {tuple(weights[k].shape)} in the checkpoint, '
+                     f'{tuple(expected[k].shape)} in the model)')
+    return '; '.join(parts)
+
+
+def nonfinite_weights(weights: Dict[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors that hold NaN or inf."""
+    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_checkpoint_fits(model: torch.nn.Module, checkpoint, what: str) -> None:
+    """Raise :class:`CheckpointLoadError` (one line) unless ``checkpoint`` holds every weight of ``model`` with the
+    right shape and only finite values: what evaluating or analysing a trained model needs."""
+    weights = checkpoint_weights(checkpoint)
+    problem = weights_mismatch(model, weights)
+    if problem:
+        raise CheckpointLoadError(
+            f'checkpoint {what} does not fit the model: {problem}. Fix: use a checkpoint trained with this config '
+            f'(the same model and arch), or the config the checkpoint was trained with')
+    bad = nonfinite_weights(weights)
+    if bad:
+        raise CheckpointLoadError(
+            f'checkpoint {what} holds NaN/inf in {len(bad)} weight tensors (e.g. {_first(bad)}): evaluating it '
+            f'would report meaningless numbers. Fix: use an earlier checkpoint of the run')
+
+
 # --------------------------------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the temporary files :func:`atomic_write` leaves when the process is killed mid-write
+STALE_TMP_PATTERN = '.*.tmp'
+
+
+def remove_stale_writes(folder: str) -> List[str]:
+    """Delete the ``.<name>.<random>.tmp`` files of interrupted :func:`atomic_write` calls in ``folder``; returns
+    their paths. Call it only where no other process is writing into ``folder``."""
+    import glob
+    removed = []
+    for path in glob.glob(osp.join(glob.escape(folder), STALE_TMP_PATTERN)):
+        if re.match(r'^\..+\.[A-Za-z0-9_]{6,}\.tmp$', osp.basename(path)) and osp.isfile(path):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
     """Write ``data`` to ``filepath`` via a temp file in the same folder, fsync and rename (atomic on POSIX)."""
     filepath = str(filepath)
@@ -322,6 +399,8 @@ def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filepath) + '.', suffix='.tmp', dir=folder)
     try:
+        # NOTE: mkstemp creates the file 0600; a plain open() would give 0666 minus the umask, as users expect
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             f.write(data)
             f.flush()

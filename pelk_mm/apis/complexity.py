@@ -244,8 +244,12 @@ def analyze_model(model: nn.Module, codebase: str, shape: Sequence[int]) -> Dict
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> None:
-    """Load a checkpoint's ``state_dict`` (e.g. a sparse-trained model, for the non-zero count)."""
+    """Load a checkpoint's ``state_dict`` (e.g. a sparse-trained model, for the non-zero count); a checkpoint that
+    lacks weights of the model or holds them in another shape is refused in one line."""
     from mmengine.runner import load_checkpoint
+
+    from pelk_mm.checkpoint import check_checkpoint_fits, load_checkpoint_file
+    check_checkpoint_fits(model, load_checkpoint_file(checkpoint, map_location='cpu'), repr(checkpoint))
     load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='silent')
 
 

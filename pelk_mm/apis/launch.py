@@ -37,7 +37,7 @@ from .check_data import MissingDataError, check_data_paths
 from .errors import one_line
 
 __all__ = [
-    'CODEBASES', 'LaunchError', 'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'check_launcher',
+    'CODEBASES', 'LaunchError', 'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'check_launcher', 'check_load_from',
     'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser', 'parse_train_args', 'parse_test_args', 'load_config', 'merge_train_args', 'merge_test_args', 'amp_device_available',
     'resolve_amp', 'prepare_data', 'build_runner', 'train', 'test', 'train_main', 'test_main'
 ]
@@ -507,13 +507,62 @@ def _prepare(cfg, args, mode: str):
     return codebase, info, notes
 
 
+def _bare_model(model):
+    """The model inside DDP / test-time-augmentation wrappers (whose weights a checkpoint holds)."""
+    import torch.nn as nn
+    while isinstance(getattr(model, 'module', None), nn.Module):
+        model = model.module
+    return model
+
+
+#: config key: prefixes of model weights that ``load_from`` may lack or hold in another shape (fine-tuning)
+LOAD_FROM_MISMATCH_KEY = 'load_from_mismatch'
+
+
+def check_load_from(runner, cfg) -> List[str]:
+    """``load_from`` (not resuming): weights the checkpoint lacks or holds in another shape are an error unless the
+    config lists their prefixes in ``load_from_mismatch`` (e.g. ``['head.']`` for a new classifier); then they are
+    one warning with the counts. Returns the warnings."""
+    path = cfg.get('load_from', None)
+    if not path or cfg.get('resume', False):
+        return []
+    from pelk_mm.checkpoint import checkpoint_weights, load_checkpoint_file, weights_mismatch
+    allowed = tuple(cfg.get(LOAD_FROM_MISMATCH_KEY, None) or ())
+    model = _bare_model(runner.model)
+    weights = checkpoint_weights(load_checkpoint_file(path, map_location='cpu'))
+    problem = weights_mismatch(model, weights, allowed)
+    if problem:
+        raise LaunchError(
+            f'load_from={path!r} does not fit the model: {problem}. Fix: use a checkpoint of this model, or, if '
+            f'the difference is intended (e.g. a new head for fine-tuning), list the prefixes of those weights in the '
+            f'config: {LOAD_FROM_MISMATCH_KEY} = [\'head.\']')
+    if allowed:
+        intended = weights_mismatch(model, weights)
+        if intended:
+            return [f'load_from={path!r}: {intended}; allowed by {LOAD_FROM_MISMATCH_KEY}={list(allowed)}, so '
+                    f'those weights keep their initialisation']
+    return []
+
+
+def _remove_stale_writes(cfg) -> List[str]:
+    work_dir = cfg.get('work_dir', None)
+    if not work_dir or not osp.isdir(work_dir) or int(os.environ.get('RANK', '0')) != 0:
+        return []
+    from pelk_mm.checkpoint import remove_stale_writes
+    removed = remove_stale_writes(work_dir)
+    return [f'removed {len(removed)} temporary file(s) of an interrupted checkpoint save in {work_dir} '
+            f'({", ".join(osp.basename(p) for p in removed[:3])})'] if removed else []
+
+
 def train(args):
     """Build the Runner for the parsed train ``args`` and train. Returns the Runner."""
     cfg = load_config(args.config)
     get_codebase(cfg, args.config)
     cfg = merge_train_args(cfg, args)
     codebase, info, notes = _prepare(cfg, args, 'train')
+    notes += _remove_stale_writes(cfg)
     runner = build_runner(cfg, codebase)
+    notes += check_load_from(runner, cfg)
     _log(runner, info, logging.INFO)
     _log(runner, notes)
     runner.train()
@@ -527,6 +576,9 @@ def test(args):
     cfg = merge_test_args(cfg, args)
     codebase, info, _ = _prepare(cfg, args, 'test')
     runner = build_runner(cfg, codebase)
+    from pelk_mm.checkpoint import check_checkpoint_fits, load_checkpoint_file
+    check_checkpoint_fits(_bare_model(runner.model), load_checkpoint_file(args.checkpoint, map_location='cpu'),
+                          repr(args.checkpoint))
     _log(runner, info, logging.INFO)
     if args.out and codebase == 'mmpretrain' and args.out_item in ('pred', None):
         from mmengine.evaluator import DumpResults
@@ -545,7 +597,14 @@ def _run_cli(fn, args) -> int:
     from pelk_mm.compat import apply_launcher_patches
     apply_launcher_patches()  # CPU/gloo launcher and elastic rendezvous: needed by these entry points only
     from .errors import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
-    return run_cli(fn, args)
+    try:
+        return run_cli(fn, args)
+    finally:
+        import torch.distributed as torch_dist
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            # NOTE: a gloo group left to the interpreter's exit can abort the process ("terminate called without an
+            # active exception") after a successful run
+            torch_dist.destroy_process_group()
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -235,8 +235,10 @@ def _step_of(path: str) -> Tuple[int, float]:
 def resolve_resume(cfg) -> List[str]:
     """``--resume`` without a path: make sure ``work_dir/last_checkpoint`` leads to a readable checkpoint.
 
-    Returns warnings. When ``last_checkpoint`` is empty, or names a missing or unreadable file, the newest
-    readable ``epoch_*.pth``/``iter_*.pth`` in ``work_dir`` is used instead (``cfg.load_from`` is set to it).
+    Returns warnings. When ``last_checkpoint`` is missing, empty, or names a missing or damaged file, the newest
+    intact ``epoch_*.pth``/``iter_*.pth`` in ``work_dir`` is used instead (``cfg.load_from`` is set to it), so an
+    earlier run's checkpoints are continued, never rotated away by a fresh start. A work dir without any
+    checkpoint starts a new run (with a note); one whose checkpoints are all damaged is an error.
     """
     notes: List[str] = []
     if not cfg.get('resume', False):
@@ -249,24 +251,32 @@ def resolve_resume(cfg) -> List[str]:
     if not work_dir:
         return notes
     marker = osp.join(work_dir, 'last_checkpoint')
-    if not osp.exists(marker):
-        return notes  # mmengine starts from scratch and says so
-    with open(marker) as f:
-        target = f.read().strip()
-    if target and osp.isfile(target) and _readable(target):
-        return notes
-    candidates = [p for p in glob.glob(osp.join(work_dir, '*.pth'))
+    candidates = [p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
                   if re.match(r'(epoch|iter)_\d+\.pth$', osp.basename(p))]
     candidates.sort(key=_step_of, reverse=True)
-    why = ('is empty' if not target else f'names {target!r}, which does not exist' if not osp.isfile(target)
-           else f'names {target!r}, which is truncated or corrupt')
+    if not osp.exists(marker):
+        if not glob.glob(osp.join(glob.escape(work_dir), '*.pth')):
+            notes.append(f'--resume: {work_dir} holds no checkpoint yet (no last_checkpoint, no *.pth): starting '
+                         f'a new run there')
+            return notes
+        why = 'does not exist'
+        target = ''
+    else:
+        with open(marker) as f:
+            target = f.read().strip()
+        if target and osp.isfile(target) and _readable(target):
+            return notes
+        why = ('is empty' if not target else f'names {target!r}, which does not exist' if not osp.isfile(target)
+               else f'names {target!r}, which is truncated or corrupt')
     for path in candidates:
         if _readable(path):
             cfg.load_from = path
             notes.append(f'--resume: {marker} {why}; resuming from the newest intact checkpoint {path} instead')
             return notes
-    _fail('resume', f'{marker} {why} and {work_dir} holds no other readable epoch_*.pth / iter_*.pth',
-          'start without --resume, or pass --resume PATH to an intact checkpoint')
+    _fail('resume', f'{marker} {why} and {work_dir} holds no intact epoch_*.pth / iter_*.pth to resume from '
+          f'(looked for last_checkpoint, then epoch_*.pth / iter_*.pth)',
+          'pass --resume PATH to an intact checkpoint, or start a new run in another --work-dir (starting here would '
+          'overwrite or rotate away the files in it)')
 
 
 def _pretrained_cfgs(backbone_cfg) -> List[dict]:

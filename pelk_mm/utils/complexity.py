@@ -250,11 +250,10 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
         dict: the dense analysis (``flops``, ``params``, ``rows``, ...) plus ``nonzero_flops``, ``nonzero_params``,
         ``slak_params`` (2-D/4-D non-zeros only), ``saved_macs`` and the sparsity settings.
     """
-    from pelk_mm.apis.complexity import DEFAULT_SHAPES, analyze_model, build_model_for_analysis
+    from pelk_mm.apis.complexity import DEFAULT_SHAPES, analyze_model, build_model_for_analysis, load_weights
     model, codebase = build_model_for_analysis(cfg, mask_rois)
     if checkpoint is not None:
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='current')
+        load_weights(model, checkpoint)
     if backbone_only is None:
         backbone_only = codebase != 'mmpretrain'
     masks = None

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 import torch
 from mmengine.dist import all_reduce, is_distributed
-from mmengine.hooks import Hook
+from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
 from pelk_mm.registry import HOOKS
@@ -252,18 +252,49 @@ class NonFiniteGuardHook(Hook):
                 wrapper.__dict__.pop(name, None)
         self._wrapped = []
 
+    def _nonfinite(self, state: dict) -> List[str]:
+        names = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+        if not names:
+            return []
+        flags = _nonfinite_tensors([state[k] for k in names])
+        return [k for k, f in zip(names, flags.tolist()) if f] if bool(flags.any()) else []
+
+    @staticmethod
+    def _ema_states(runner) -> List[dict]:
+        # NOTE: the EMA weights are checked on the EMA model itself: EMAHook swaps them into the checkpoint after
+        # this hook (VERY_HIGH) has run, and into the model for validation after it too
+        return [hook.ema_model.state_dict() for hook in runner.hooks
+                if isinstance(hook, EMAHook) and getattr(hook, 'ema_model', None) is not None]
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if not self.check_checkpoint:
             return
-        state = checkpoint.get('state_dict', {})
-        names = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
-        if not names:
+        for what, state in [('weight', checkpoint.get('state_dict', {}))] + \
+                [('EMA weight', s) for s in self._ema_states(runner)]:
+            bad = self._nonfinite(state)
+            if bad:
+                raise NonFiniteTrainingError(
+                    f'pelk_mm.NonFiniteGuardHook refused to save a checkpoint at iteration {runner.iter + 1}: '
+                    f'{len(bad)} {what} tensors hold NaN/inf (e.g. {", ".join(bad[:self.max_names])}); something '
+                    f'updated the weights outside the optimizer wrapper (or the run was resumed from such a '
+                    f'checkpoint). The previous checkpoints are intact; fix the cause and continue with --resume')
+
+    def before_val_epoch(self, runner) -> None:
+        if not self.check_checkpoint:
             return
-        flags = _nonfinite_tensors([state[k] for k in names])
-        if bool(flags.any()):
-            bad = [k for k, f in zip(names, flags.tolist()) if f]
-            raise NonFiniteTrainingError(
-                f'pelk_mm.NonFiniteGuardHook refused to save a checkpoint at iteration {runner.iter + 1}: '
-                f'{len(bad)} weight tensors hold NaN/inf (e.g. {", ".join(bad[:self.max_names])}); something '
-                f'updated the weights outside the optimizer wrapper. The previous checkpoints are intact; fix the '
-                f'cause and continue with --resume')
+        for state in self._ema_states(runner):
+            bad = self._nonfinite(state)
+            if bad:
+                raise NonFiniteTrainingError(
+                    f'pelk_mm.NonFiniteGuardHook stopped before validating at iteration {runner.iter}: {len(bad)} '
+                    f'EMA weight tensors hold NaN/inf (e.g. {", ".join(bad[:self.max_names])}), so the scores '
+                    f'would be meaningless. Resume from an earlier checkpoint')
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in ('state_dict', 'ema_state_dict'):
+            bad = self._nonfinite(checkpoint.get(key, None) or {})
+            if bad:
+                raise NonFiniteTrainingError(
+                    f'pelk_mm.NonFiniteGuardHook: the checkpoint\'s {key} holds NaN/inf in {len(bad)} tensors '
+                    f'(e.g. {", ".join(bad[:self.max_names])}); training from it would only spread them. Resume '
+                    f'from an earlier checkpoint (--resume PATH)')

@@ -1,0 +1,244 @@
+"""Nothing lost, nothing silently wrong: ``--resume`` never starts over an earlier run, non-finite EMA weights are
+caught, a checkpoint that does not fit the model is refused (``tools/test.py``, analysis tools) or, for
+``load_from``, accepted only where the config says the mismatch is intended, interrupted saves leave nothing
+behind, and checkpoints get the umask's mode."""
+import os
+import re
+import stat
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.hooks import EMAHook, Hook
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from torch.utils.data import Dataset
+
+import pelk_mm.engine  # noqa: F401  (registers the hooks)
+from pelk_mm.apis.validate import ConfigValidationError, resolve_resume
+from pelk_mm.checkpoint import atomic_write, load_checkpoint_file, remove_stale_writes
+from pelk_mm.engine.hooks import NonFiniteGuardHook, NonFiniteTrainingError
+
+
+# --------------------------------------------------------------------------------------------------- --resume
+def _ckpt(path, epoch):
+    torch.save({'meta': {'epoch': epoch}, 'state_dict': {'w': torch.full((4, ), float(epoch))}}, path)
+
+
+def test_resume_without_last_checkpoint_continues_the_newest_intact(tmp_path):
+    for e in (1, 2, 3):
+        _ckpt(tmp_path / f'epoch_{e}.pth', e)
+    (tmp_path / 'epoch_3.pth').write_bytes((tmp_path / 'epoch_3.pth').read_bytes()[:-200])  # truncated
+    cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path)))
+    notes = resolve_resume(cfg)
+    assert cfg.load_from == str(tmp_path / 'epoch_2.pth')
+    assert len(notes) == 1 and 'last_checkpoint does not exist' in notes[0] and 'epoch_2.pth' in notes[0]
+
+
+def test_resume_in_an_empty_work_dir_starts_fresh_and_says_so(tmp_path):
+    cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path / 'new')))
+    notes = resolve_resume(cfg)
+    assert cfg.load_from is None and len(notes) == 1 and 'starting a new run' in notes[0]
+
+
+def test_resume_with_only_damaged_checkpoints_stops(tmp_path):
+    (tmp_path / 'epoch_1.pth').write_bytes(b'PK\x03\x04 not a whole file')
+    (tmp_path / 'best_accuracy_epoch_1.pth').write_bytes(b'')
+    cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path)))
+    with pytest.raises(ConfigValidationError) as err:
+        resolve_resume(cfg)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and 'last_checkpoint' in msg and 'epoch_*.pth' in msg and '\n' not in msg
+
+
+@pytest.mark.slow
+def test_resume_without_last_checkpoint_end_to_end(tmp_path, rel):
+    """tools/train.py --resume in a work dir whose last_checkpoint is gone continues the run (before: started
+    from scratch, rotated away epoch_2.pth and overwrote epoch_3.pth)."""
+    config = rel.REPO / 'tests/data/configs/tiny_pelk_cls_demo.py'
+    opts = ['train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=12',
+            'default_hooks.checkpoint.max_keep_ckpts=2']
+    work = tmp_path / 'work'
+    r = rel.train(config, work, tmp_path, opts + ['train_cfg.max_epochs=2'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = load_checkpoint_file(str(work / 'epoch_2.pth'))['state_dict']
+    os.unlink(work / 'last_checkpoint')
+    r = rel.train(config, work, tmp_path, opts + ['train_cfg.max_epochs=3'], extra_args=['--resume'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = rel.log_text(work)
+    assert 'resuming from the newest intact checkpoint' in log and 'Epoch(train) [1]' not in log.split('resum')[-1]
+    assert re.search(r'Epoch\(train\)\s+\[3\]', log)
+    assert sorted(p.name for p in work.glob('epoch_*.pth')) == ['epoch_2.pth', 'epoch_3.pth']
+    again = load_checkpoint_file(str(work / 'epoch_2.pth'))['state_dict']
+    assert all(torch.equal(first[k], again[k]) for k in first)  # the earlier run's file is untouched
+
+
+# --------------------------------------------------------------------------------------------------- NaN in EMA
+class _Toy(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, inputs, labels, mode='tensor'):
+        out = self.linear(inputs)
+        return dict(loss=((out - labels) ** 2).mean()) if mode == 'loss' else out
+
+
+class _Data(Dataset):
+    def __init__(self, n):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 4, generator=g), torch.randn(n, 2, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return dict(inputs=self.x[i], labels=self.y[i])
+
+
+class _PoisonEMA(Hook):
+    """After iteration ``at`` the EMA copy's weights become NaN (what a NaN average or a bad swap leaves)."""
+    priority = 'LOWEST'
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.at:
+            ema = next(h for h in runner.hooks if isinstance(h, EMAHook))
+            with torch.no_grad():
+                for p in ema.ema_model.parameters():
+                    p.fill_(float('nan'))
+
+
+def test_nan_ema_weights_are_not_saved(tmp_path):
+    poison = _PoisonEMA(3)
+    runner = Runner(
+        model=_Toy(), work_dir=str(tmp_path), experiment_name=f'ema_{tmp_path.name}',
+        train_dataloader=dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
+                              num_workers=0, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)), train_cfg=dict(by_epoch=False, max_iters=4),
+        custom_hooks=[NonFiniteGuardHook(), EMAHook(momentum=0.5), poison],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2)),
+        randomness=dict(seed=0), log_level='WARNING')
+    with pytest.raises(NonFiniteTrainingError, match='EMA weight tensors hold NaN'):
+        runner.train()
+    # iteration 2's checkpoint (before the poison) is kept; iteration 4's, with NaN EMA weights, was never written
+    assert sorted(p.name for p in tmp_path.glob('iter_*.pth')) == ['iter_2.pth']
+    saved = load_checkpoint_file(str(tmp_path / 'iter_2.pth'))
+    assert all(bool(torch.isfinite(v).all()) for key in ('state_dict', 'ema_state_dict')
+               for v in saved[key].values() if v.is_floating_point())
+
+
+def test_resume_from_a_nan_checkpoint_is_refused():
+    hook = NonFiniteGuardHook()
+    ckpt = {'state_dict': {'w': torch.ones(3)}, 'ema_state_dict': {'module.w': torch.tensor([1., float('nan')])}}
+    with pytest.raises(NonFiniteTrainingError, match='ema_state_dict holds NaN/inf in 1 tensors'):
+        hook.after_load_checkpoint(None, ckpt)
+    hook.after_load_checkpoint(None, {'state_dict': {'w': torch.ones(3)}})  # finite: fine
+
+
+# --------------------------------------------------------------------------------------------------- fit
+def _run_cls(tmp_path, rel):
+    config = rel.REPO / 'tests/data/configs/tiny_pelk_cls_demo.py'
+    work = tmp_path / 'work'
+    r = rel.train(config, work, tmp_path, ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=32',
+                                           'val_dataloader.dataset.indices=12'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return config, work / 'epoch_1.pth'
+
+
+@pytest.fixture(scope='module')
+def cls_run(tmp_path_factory, rel):
+    tmp = tmp_path_factory.mktemp('fit')
+    config, ckpt = _run_cls(tmp, rel)
+    return tmp, config, ckpt
+
+
+def _error_line(r):
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, (r.stdout + r.stderr)[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith('error:')]
+    assert len(lines) == 1, r.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_test_tool_refuses_a_checkpoint_of_another_model(cls_run, rel):
+    tmp, config, ckpt = cls_run
+    other = tmp / 'other_arch.pth'
+    state = load_checkpoint_file(str(ckpt))
+    state['state_dict'] = {k: (v[:, :v.shape[1] // 2] if k == 'head.fc.weight' else v)
+                           for k, v in state['state_dict'].items() if not k.startswith('backbone.stages.3')}
+    torch.save(state, other)
+    r = rel.run([rel.PY, rel.REPO / 'tools/test.py', config, other], cwd=tmp)
+    line = _error_line(r)
+    assert str(other) in line and 'weights are missing (e.g. backbone.stages.3' in line
+    assert "head.fc.weight: (6, 24) in the checkpoint, (6, 48) in the model" in line
+    r = rel.run([rel.PY, rel.REPO / 'tools/analysis/get_flops.py', config, '--checkpoint', other], cwd=tmp)
+    assert 'weights are missing' in _error_line(r)
+
+
+@pytest.mark.slow
+def test_test_tool_refuses_nan_weights(cls_run, rel):
+    tmp, config, ckpt = cls_run
+    bad = tmp / 'nan.pth'
+    state = load_checkpoint_file(str(ckpt))
+    state['state_dict'] = {k: v * float('nan') if v.is_floating_point() else v for k, v in state['state_dict'].items()}
+    torch.save(state, bad)
+    line = _error_line(rel.run([rel.PY, rel.REPO / 'tools/test.py', config, bad], cwd=tmp))
+    assert str(bad) in line and 'NaN/inf' in line
+
+
+@pytest.mark.slow
+def test_load_from_mismatch_needs_the_config_to_allow_it(cls_run, rel):
+    tmp, config, ckpt = cls_run
+    state = load_checkpoint_file(str(ckpt))
+    state['state_dict'] = {k: v for k, v in state['state_dict'].items() if not k.startswith('head.')}
+    no_head = tmp / 'no_head.pth'
+    torch.save(state, no_head)
+    opts = ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=12',
+            f'load_from={no_head}']
+    r = rel.train(config, tmp / 'ft_refused', tmp, opts)
+    line = _error_line(r)
+    assert 'load_from' in line and 'head.fc' in line and "load_from_mismatch = ['head.']" in line
+    r = rel.train(config, tmp / 'ft_allowed', tmp, opts + ["load_from_mismatch=['head.']"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"2 of the model's [0-9]+ weights are missing \(e.g. head.fc.weight, head.fc.bias\); allowed by "
+                     r"load_from_mismatch",
+                     rel.log_text(tmp / 'ft_allowed'))
+
+
+# --------------------------------------------------------------------------------------------------- files
+def test_checkpoints_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(b'x', tmp_path / 'a.pth', 'wb')
+        os.umask(0o027)
+        atomic_write('y', tmp_path / 'b.txt')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / 'a.pth').st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / 'b.txt').st_mode) == 0o640
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    stale = [tmp_path / '.epoch_3.pth.k2j4x9q1.tmp', tmp_path / '.last_checkpoint.a8Zk_0qp.tmp']
+    keep = [tmp_path / 'epoch_2.pth', tmp_path / 'notes.tmp', tmp_path / '.hidden']
+    for p in stale + keep:
+        p.write_bytes(b'x')
+    assert sorted(remove_stale_writes(str(tmp_path))) == sorted(map(str, stale))
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+@pytest.mark.slow
+def test_train_removes_stale_temporary_files_at_start(cls_run, rel):
+    tmp, config, _ = cls_run
+    work = tmp / 'stale'
+    work.mkdir()
+    junk = work / '.epoch_1.pth.q8s7d6f5.tmp'
+    junk.write_bytes(b'\0' * 1024)
+    r = rel.train(config, work, tmp, ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16',
+                                      'val_dataloader.dataset.indices=12'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not junk.exists() and 'removed 1 temporary file(s) of an interrupted checkpoint save' in rel.log_text(work)
