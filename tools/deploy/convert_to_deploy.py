@@ -20,6 +20,7 @@ import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.apis.errors import run_main  # noqa: E402
+from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
 from pelk_mm.models.layers import DeployFormError  # noqa: E402
 from pelk_mm.utils.analysis import load_cfg  # noqa: E402
 from pelk_mm.utils.deploy import DeployError, convert_checkpoint  # noqa: E402
@@ -33,7 +34,10 @@ def parse_args(argv=None):
     p.add_argument('--check-shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'),
                    help='input size of the equivalence check (default 224 224)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    return p.parse_args(argv)
+    add_trust_checkpoint_arg(p)
+    args = p.parse_args(argv)
+    apply_trust_checkpoint(args)
+    return args
 
 
 def main(argv=None) -> int:

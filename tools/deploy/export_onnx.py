@@ -31,6 +31,7 @@ import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.apis.errors import run_main  # noqa: E402
+from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
 from pelk_mm.models.layers import DeployFormError  # noqa: E402
 from pelk_mm.utils.analysis import load_cfg  # noqa: E402
 from pelk_mm.utils.deploy import (CONV_FORMS, DeployError, build_model, check_onnx, export_onnx,  # noqa: E402
@@ -56,7 +57,10 @@ def parse_args(argv=None):
     p.add_argument('--opset', type=int, default=17)
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    return p.parse_args(argv)
+    add_trust_checkpoint_arg(p)
+    args = p.parse_args(argv)
+    apply_trust_checkpoint(args)
+    return args
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,10 @@ the image]`` does not depend on the input, so it is computed once per forward fo
 
 The term is recomputed at every forward, never cached: it depends on the weights and the embedding, which
 checkpoint loading, EMA swaps and teacher updates change through ``.data`` without any trace a cache key could
-see (no version bump, same storage). Its cost is batch-independent and small next to the layer's
-(:func:`kpe_input_term` on the kernel cropped to the map).
+see (no version bump, same storage). Its cost is batch-independent and small next to the layer's: one gather of
+the block weights into the dense kernel cropped to the map, one product with the embedding and two band matmuls
+(:func:`blocked_kpe_input_term`); only the gather indices and band matrices, which depend on nothing but the
+grid and the map size, are kept between calls (:func:`kpe_term_plan`).
 
 Modes (project decision 2 in the reference notes; the paper is silent on the exact variant):
 
@@ -19,9 +21,14 @@ Modes (project decision 2 in the reference notes; the paper is silent on the exa
 """
 from __future__ import annotations
 
+import functools
+from typing import Sequence, Tuple
+
 import torch
 import torch.nn as nn
 from mmengine.model.weight_init import trunc_normal_
+
+from pelk_mm.ops._cells import axis_cells, cropped_grid
 
 KPE_MODES = ('input', 'bias', 'weight')
 
@@ -70,3 +77,45 @@ def kpe_input_term(kernel: torch.Tensor, height: int, width: int) -> torch.Tenso
     a_h = border_band(height, kernel.shape[-2], kernel.device, kernel.dtype)
     a_w = border_band(width, kernel.shape[-1], kernel.device, kernel.dtype)
     return torch.matmul(torch.matmul(a_h, kernel), a_w.t()).unsqueeze(0)
+
+
+@functools.lru_cache(maxsize=512)
+def kpe_term_plan(grid: Tuple[int, ...], height: int, width: int, device: torch.device,
+                  dtype: torch.dtype) -> Tuple[torch.Tensor, Tuple[int, int, int, int], torch.Tensor, torch.Tensor]:
+    """Weight-independent constants of :func:`blocked_kpe_input_term` for one grid and map size.
+
+    Returns:
+        tuple: ``(index, (r0, r1, c0, c1), a_h, a_w_t)``: ``index`` gathers the flattened block weights
+        ``(C, k' * k')`` into the dense kernel cropped to the map ``(C, Kh * Kw)``; ``[r0:r1, c0:c1]`` is that
+        crop of a ``(K, K)`` embedding; ``a_h`` ``(H, Kh)`` and ``a_w_t`` ``(Kw, W)`` are the border bands.
+    """
+    ch, cw = axis_cells(grid, height), axis_cells(grid, width)
+    k = len(grid)
+    rows = [ch.first + i for i, s in enumerate(cropped_grid(ch)) for _ in range(s)]
+    cols = [cw.first + i for i, s in enumerate(cropped_grid(cw)) for _ in range(s)]
+    index = torch.tensor([r * k + c for r in rows for c in cols], device=device)
+    centre = sum(grid) // 2
+    crop = (centre - ch.radius, centre + ch.radius + 1, centre - cw.radius, centre + cw.radius + 1)
+    a_h = border_band(height, len(rows), device, dtype)
+    a_w_t = border_band(width, len(cols), device, dtype).t().contiguous()
+    return index, crop, a_h, a_w_t
+
+
+def blocked_kpe_input_term(weight: torch.Tensor, kpe: torch.Tensor, grid: Sequence[int], height: int,
+                           width: int) -> torch.Tensor:
+    """Border-aware KPE term of block-shared weights: ``conv(ones, expand(weight) * kpe)`` on an ``H x W`` map.
+
+    Args:
+        weight (Tensor): ``(C, 1, k', k')`` block weights.
+        kpe (Tensor): ``(C, K, K)`` embedding.
+        grid (Sequence[int]): The sharing grid (``k'`` cells summing to ``K``).
+
+    Returns:
+        Tensor: ``(1, C, H, W)`` in ``weight``'s dtype.
+    """
+    index, (r0, r1, c0, c1), a_h, a_w_t = kpe_term_plan(tuple(int(s) for s in grid), int(height), int(width),
+                                                        weight.device, weight.dtype)
+    c = weight.shape[0]
+    v = weight.reshape(c, -1).index_select(1, index).view(c, r1 - r0, c1 - c0) * kpe[:, r0:r1, c0:c1].to(
+        weight.dtype)
+    return torch.matmul(a_h, torch.matmul(v, a_w_t)).unsqueeze(0)

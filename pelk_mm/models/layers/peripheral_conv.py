@@ -11,8 +11,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from pelk_mm.ops import expand_kernel, grid_bounds, peripheral_conv2d, peripheral_grid
-from pelk_mm.ops._cells import cropped_dense_kernel
-from .kernel_position_embedding import KPE_MODES, kpe_input_term
+from .kernel_position_embedding import KPE_MODES, blocked_kpe_input_term
 
 
 class DeployFormError(ValueError):
@@ -158,6 +157,10 @@ class PeripheralConv2d(BaseModule):
         self.kpe_mode = kpe_mode
         self.conv_impl = conv_impl
         self.deployed = False
+        # NOTE: structure only (grid, small kernel, KPE mode), fixed at construction: kept so that the deployed
+        # forward does not walk the grid at every call.
+        self._deploy_grid = (1, ) * kernel_size if kpe_mode == 'weight' else tuple(self.grid)
+        self._small_fold_start = None if small_kernel is None else centre_cell_start(self._deploy_grid, small_kernel)
 
         k = len(self.grid)
         if deploy:
@@ -182,12 +185,12 @@ class PeripheralConv2d(BaseModule):
     @property
     def deploy_grid(self) -> Tuple[int, ...]:
         """Sharing grid of the deploy-form weight: the module's grid, or all-unshared for ``kpe_mode='weight'``."""
-        return (1, ) * self.kernel_size if self.kpe_mode == 'weight' else tuple(self.grid)
+        return self._deploy_grid
 
     @property
     def small_folded(self) -> bool:
         """Whether deploy folds the small-kernel branch into the centre cells (see the class docstring)."""
-        return self.small_kernel is not None and centre_cell_start(self.deploy_grid, self.small_kernel) is not None
+        return self._small_fold_start is not None
 
     def dense_weight(self) -> torch.Tensor:
         """The dense ``(C, 1, K, K)`` kernel the shared weights stand for (deploy form: BNs and a folded small
@@ -221,9 +224,7 @@ class PeripheralConv2d(BaseModule):
             return (expand_kernel(weight, self.grid).squeeze(1) * kpe).sum((-2, -1)).reshape(1, -1, 1, 1)
         # NOTE: taps at offsets |o| >= H (W) only ever see padding, so the kernel and the embedding are cropped to
         # the map first: the same term at a fraction of the cost on maps smaller than the kernel.
-        dense, (ph, pw) = cropped_dense_kernel(weight, self.grid, height, width)
-        c = self.kernel_size // 2
-        return kpe_input_term(dense.squeeze(1) * kpe[:, c - ph:c + ph + 1, c - pw:c + pw + 1], height, width)
+        return blocked_kpe_input_term(weight, kpe, self.grid, height, width)
 
     def _check_kpe(self, kpe: Optional[torch.Tensor]) -> None:
         needs = self.kpe_mode == 'input' if self.deployed else self.kpe_mode is not None
@@ -299,7 +300,7 @@ class PeripheralConv2d(BaseModule):
         if self.small_kernel is not None:
             s_weight, s_bias, _ = _fuse_bn(self.small_conv.weight, self.small_norm)
             bias = bias + s_bias
-            first = centre_cell_start(self.deploy_grid, self.small_kernel)
+            first = self._small_fold_start
             if first is not None:
                 sk = self.small_kernel
                 weight = weight.clone()
