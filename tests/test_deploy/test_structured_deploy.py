@@ -168,3 +168,25 @@ def test_backbone_deploy_matches_train_form(helpers, conv_type, kpe_mode):
                 assert (k, 5) in shapes and (5, k) in shapes
             else:
                 assert conv.reparam_weight.shape[-1] == (k if kpe_mode == 'weight' else len(conv.grid))  # dense: K cells
+
+
+def test_kpe_term_after_inference_mode_trains():
+    """The term's shape-only constants made under ``torch.inference_mode`` serve a later training step (gradients
+    of the weights and of the embedding against the formulas written out)."""
+    torch.manual_seed(0)
+    m = PeripheralConv2d(4, 13, small_kernel=None, kpe_mode='input', norm_cfg=None).double()
+    h = (torch.randn(4, 13, 13, dtype=torch.float64) * 0.1).requires_grad_()
+    x = torch.randn(2, 4, 9, 11, dtype=torch.float64)
+    with torch.inference_mode():
+        m.eval()(x, h)
+    y = m.train()(x, h)
+    y.square().sum().backward()
+    w = m.weight.detach().clone().requires_grad_()
+    h2 = h.detach().clone().requires_grad_()
+    dense = dense_of(w, m.grid)
+    ref = F.conv2d(x, dense.unsqueeze(1), padding=6, groups=4) \
+        + F.conv2d(torch.ones_like(x[:1]), (dense * h2).unsqueeze(1), padding=6, groups=4)
+    ref.square().sum().backward()
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(m.weight.grad, w.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-10, atol=1e-10)

@@ -89,6 +89,13 @@ def kpe_term_plan(grid: Tuple[int, ...], height: int, width: int, device: torch.
         ``(C, k' * k')`` into the dense kernel cropped to the map ``(C, Kh * Kw)``; ``[r0:r1, c0:c1]`` is that
         crop of a ``(K, K)`` embedding; ``a_h`` ``(H, Kh)`` and ``a_w_t`` ``(Kw, W)`` are the border bands.
     """
+    with torch.inference_mode(False):
+        return _kpe_term_plan(grid, height, width, device, dtype)
+
+
+def _kpe_term_plan(grid, height, width, device, dtype):
+    # NOTE: built with inference mode off: a plan first made under torch.inference_mode (validation, benchmarks)
+    # is reused by training steps, and inference tensors cannot be saved for backward.
     ch, cw = axis_cells(grid, height), axis_cells(grid, width)
     k = len(grid)
     rows = [ch.first + i for i, s in enumerate(cropped_grid(ch)) for _ in range(s)]
