@@ -10,7 +10,9 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 
-train_dataloader = dict(batch_size=128)
+# NOTE: persistent workers keep their random state across epochs, where no checkpoint can reach it; fresh
+# workers per epoch (seeded from randomness.seed) make --resume bit-exact
+train_dataloader = dict(batch_size=128, persistent_workers=False)
 
 optim_wrapper = dict(optimizer=dict(lr=4e-3), clip_grad=None)
 param_scheduler = [

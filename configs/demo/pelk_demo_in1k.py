@@ -33,7 +33,7 @@ test_pipeline = [
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
-    batch_size=32, num_workers=2, persistent_workers=True,
+    batch_size=32, num_workers=2, persistent_workers=False,  # fresh workers each epoch: bit-exact --resume
     dataset=dict(data_root=data_root, split='train', classes=classes, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=36, num_workers=2, persistent_workers=True,

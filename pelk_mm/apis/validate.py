@@ -30,7 +30,7 @@ from typing import List, Optional, Tuple
 from .check_data import check_data_paths
 
 __all__ = ['ConfigValidationError', 'validate_config', 'backbone_out_channels', 'check_checkpoint_file',
-           'resolve_resume']
+           'check_earlier_run', 'check_resume_exact', 'resolve_resume']
 
 _PELK_TYPES = ('pelk_mm.PeLK', 'PeLK')
 
@@ -279,6 +279,44 @@ def resolve_resume(cfg) -> List[str]:
           'overwrite or rotate away the files in it)')
 
 
+def check_earlier_run(cfg) -> None:
+    """A new run (no ``--resume``) must not overwrite or rotate away the checkpoints of an earlier run: a
+    ``work_dir`` that already holds ``epoch_*.pth`` / ``iter_*.pth`` is refused."""
+    work_dir = cfg.get('work_dir', None)
+    if cfg.get('resume', False) or not work_dir or not osp.isdir(work_dir):
+        return
+    found = sorted((p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
+                    if re.match(r'(epoch|iter)_\d+\.pth$', osp.basename(p))), key=_step_of)
+    if found:
+        names = ', '.join(osp.basename(p) for p in found[-3:])
+        _fail('work_dir', f'{work_dir} already holds checkpoints of an earlier run ({names}); a new run there '
+              f'would overwrite them or rotate them away (max_keep_ckpts)',
+              'continue that run with --resume, or start the new one in another --work-dir')
+
+
+def _is_epoch_based(cfg) -> bool:
+    train_cfg = cfg.get('train_cfg', None) or {}
+    loop = str(train_cfg.get('type', ''))
+    return loop.endswith('EpochBasedTrainLoop') or (not loop and bool(train_cfg.get('by_epoch', True)))
+
+
+def check_resume_exact(cfg) -> None:
+    """``--resume`` of a run that promises bit-exact resumes (``pelk_mm.ResumeStateHook``) with loader settings
+    that cannot deliver it is an error, not a warning at start-up: persistent workers in an epoch-based loop keep
+    their random state in processes that no checkpoint captures."""
+    hooks = [h for h in _as_list(cfg.get('custom_hooks', None) or []) if hasattr(h, 'get')]
+    if not cfg.get('resume', False) or not any(str(h.get('type', '')).endswith('ResumeStateHook') for h in hooks):
+        return
+    loader = cfg.get('train_dataloader', None) or {}
+    if _is_epoch_based(cfg) and int(loader.get('num_workers', 0) or 0) > 0 and loader.get('persistent_workers'):
+        _fail('train_dataloader.persistent_workers',
+              'True in an epoch-based loop: the workers\' random state lives in the worker processes, which no '
+              'checkpoint captures, so --resume cannot continue this run bit-exactly as ResumeStateHook promises',
+              'set train_dataloader.persistent_workers=False in the config for runs that must resume exactly; to '
+              'continue this run anyway (not bit-identical to an uninterrupted one), resume with --cfg-options '
+              'train_dataloader.persistent_workers=False')
+
+
 def _pretrained_cfgs(backbone_cfg) -> List[dict]:
     init_cfg = backbone_cfg.get('init_cfg', None)
     out = []
@@ -381,6 +419,8 @@ def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data:
     if check_checkpoints:
         _check_pretrained(cfg, backbone)
         if mode == 'train':
+            check_earlier_run(cfg)
+            check_resume_exact(cfg)
             notes += resolve_resume(cfg)
             if not cfg.get('resume', False) and cfg.get('load_from', None):
                 check_checkpoint_file(cfg['load_from'], 'load_from')

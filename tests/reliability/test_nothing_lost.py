@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
@@ -50,6 +51,28 @@ def test_resume_with_only_damaged_checkpoints_stops(tmp_path):
         resolve_resume(cfg)
     msg = str(err.value)
     assert str(tmp_path) in msg and 'last_checkpoint' in msg and 'epoch_*.pth' in msg and '\n' not in msg
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path):
+    from pelk_mm.apis.validate import check_earlier_run
+    _ckpt(tmp_path / 'epoch_2.pth', 2)
+    with pytest.raises(ConfigValidationError) as err:
+        check_earlier_run(Config(dict(resume=False, work_dir=str(tmp_path))))
+    assert 'epoch_2.pth' in str(err.value) and '--resume' in str(err.value) and '--work-dir' in str(err.value)
+    check_earlier_run(Config(dict(resume=True, work_dir=str(tmp_path))))  # continuing it is fine
+    check_earlier_run(Config(dict(resume=False, work_dir=str(tmp_path / 'fresh'))))
+
+
+def test_resume_with_inexact_loader_settings_is_an_error():
+    from pelk_mm.apis.validate import check_resume_exact
+    cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', '..', 'configs/demo/pelk_demo_in1k.py'))
+    cfg.resume = True
+    check_resume_exact(cfg)  # as shipped: exact
+    cfg.train_dataloader.persistent_workers = True
+    with pytest.raises(ConfigValidationError, match='train_dataloader.persistent_workers'):
+        check_resume_exact(cfg)
+    cfg.resume = False
+    check_resume_exact(cfg)  # a new run: ResumeStateHook only warns
 
 
 @pytest.mark.slow
@@ -242,3 +265,71 @@ def test_train_removes_stale_temporary_files_at_start(cls_run, rel):
                                       'val_dataloader.dataset.indices=12'])
     assert r.returncode == 0, r.stderr[-3000:]
     assert not junk.exists() and 'removed 1 temporary file(s) of an interrupted checkpoint save' in rel.log_text(work)
+
+
+# --------------------------------------------------------------------------------------------------- save_best
+class _NegMSE(BaseMetric):
+    """``score`` = -MSE of the model on the validation data: a real function of the weights."""
+
+    def process(self, data_batch, data_samples):
+        self.results.extend(data_samples)
+
+    def compute_metrics(self, results):
+        return dict(score=-float(torch.stack(results).mean()))
+
+
+class _Regressor(_Toy):
+    def forward(self, inputs, labels, mode='tensor'):
+        out = self.linear(inputs)
+        if mode == 'loss':
+            return dict(loss=((out - labels) ** 2).mean())
+        return list(((out - labels) ** 2).mean(dim=1))
+
+
+class _StopAfterSave(Hook):
+    """Stops the run at the end of iteration ``at``, after its checkpoint and before its validation."""
+    priority = 'LOWEST'
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.at:
+            raise KeyboardInterrupt(f'stopped at iteration {self.at}')
+
+
+def _best_runner(work, resume=False, stop_at=None):
+    from pelk_mm.engine.hooks import ResumeStateHook
+    loader = dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
+                  num_workers=0, collate_fn=dict(type='default_collate'))
+    hooks = [ResumeStateHook()] + ([_StopAfterSave(stop_at)] if stop_at else [])
+    torch.manual_seed(0)  # the same initial weights in every run
+    # lr 1.5 on this regression diverges: every validation scores worse than the first, which is the best
+    return Runner(
+        model=_Regressor(), work_dir=str(work), experiment_name=f'best_{work.name}_{resume}_{stop_at}',
+        train_dataloader=loader, val_dataloader=loader, val_evaluator=Evaluator(_NegMSE()), val_cfg=dict(),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=1.5)),
+        train_cfg=dict(by_epoch=False, max_iters=6, val_interval=2), custom_hooks=hooks,
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, save_best='score',
+                                           rule='greater')),
+        randomness=dict(seed=0), resume=resume, log_level='WARNING')
+
+
+def test_best_checkpoint_after_a_resume_equals_the_uninterrupted_run(tmp_path):
+    ref = tmp_path / 'ref'
+    _best_runner(ref).train()
+    work = tmp_path / 'work'
+    with pytest.raises(KeyboardInterrupt):
+        _best_runner(work, stop_at=2).train()
+    assert (work / 'iter_2.pth').exists() and not list(work.glob('best_*.pth'))  # stopped before validating
+    _best_runner(work, resume=True).train()
+    best = sorted(p.name for p in ref.glob('best_*.pth'))
+    assert best == ['best_score_iter_2.pth'], best  # the first validation is the best
+    assert sorted(p.name for p in work.glob('best_*.pth')) == best
+    hub_ref = load_checkpoint_file(str(ref / 'iter_6.pth'))['message_hub']['runtime_info']
+    hub = load_checkpoint_file(str(work / 'iter_6.pth'))['message_hub']['runtime_info']
+    assert hub['best_score'] == hub_ref['best_score']
+    assert os.path.basename(hub['best_ckpt']) == os.path.basename(hub_ref['best_ckpt'])
+    a = load_checkpoint_file(str(ref / 'iter_6.pth'))['state_dict']
+    b = load_checkpoint_file(str(work / 'iter_6.pth'))['state_dict']
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the extra validation changed nothing in training

@@ -108,7 +108,7 @@ def test_resume_falls_back_past_a_broken_last_checkpoint(tmp_path):
         assert resolve_resume(cfg) and cfg.load_from == str(tmp_path / 'iter_2.pth')
     (tmp_path / 'iter_2.pth').unlink()
     cfg = Config(dict(resume=True, load_from=None, work_dir=str(tmp_path)))
-    with pytest.raises(ConfigValidationError, match='holds no other readable'):
+    with pytest.raises(ConfigValidationError, match='holds no intact epoch_'):
         resolve_resume(cfg)
 
 

@@ -24,6 +24,9 @@ What it does (all ranks; ``priority='VERY_HIGH'`` so its restore runs before oth
   creating a dataloader iterator (which draws the workers' base seed) does not consume the global torch generator.
   Worker processes are re-seeded by mmengine's ``worker_init_fn`` from the seed, so their augmentations do not depend
   on this generator.
+* Re-runs, after a resume, the validation due at the checkpointed epoch/iteration (mmengine saves the checkpoint
+  just before it, so a run stopped in between never had it), so ``save_best`` ends with the same best file and
+  score as the uninterrupted run.
 * Makes ``CheckpointHook``'s rotation safe: with ``max_keep_ckpts=N`` mmengine deletes the oldest checkpoint
   *before* writing the new one, so a kill during the save with ``N=1`` leaves nothing to resume from. The hook's
   checkpoint hooks delete the oldest only after the new checkpoint and ``last_checkpoint`` are written.
@@ -113,14 +116,20 @@ class ResumeStateHook(Hook):
             that creating its iterator does not draw from the global torch generator. Defaults to True.
         safe_rotation (bool): Delete old checkpoints (``CheckpointHook.max_keep_ckpts``) only after the new one and
             ``last_checkpoint`` are written, and rewrite ``last_checkpoint`` atomically. Defaults to True.
+        revalidate (bool): After a resume, first run the validation that was due at the checkpointed
+            epoch/iteration (mmengine saves the checkpoint before it), so the best-checkpoint bookkeeping equals an
+            uninterrupted run's. Defaults to True.
     """
 
     priority = 'VERY_HIGH'
 
-    def __init__(self, isolate_val: bool = True, loader_generator: bool = True, safe_rotation: bool = True):
+    def __init__(self, isolate_val: bool = True, loader_generator: bool = True, safe_rotation: bool = True,
+                 revalidate: bool = True):
         self.isolate_val = bool(isolate_val)
         self.loader_generator = bool(loader_generator)
         self.safe_rotation = bool(safe_rotation)
+        self.revalidate = bool(revalidate)
+        self._revalidate_pending = False
         self._pending: Optional[dict] = None       # states to restore at the next restore point
         self._val_snapshot: Optional[dict] = None  # states at before_val (training stream)
         self._gathered: Optional[List[dict]] = None
@@ -216,6 +225,7 @@ class ResumeStateHook(Hook):
             if isinstance(hook, CheckpointHook):
                 self._wrap_checkpoint_hook(hook)
         self._warn_inexact(runner)
+        self._revalidate_pending = self._resumed_from is not None and self._validation_due_at_checkpoint(runner)
         if self._resumed_from is not None and self._epoch_based:
             loader_len = len(runner.train_dataloader)
             if loader_len and runner.iter % loader_len != 0:
@@ -225,7 +235,31 @@ class ResumeStateHook(Hook):
                     f'first batch, so the resumed run is not identical to an uninterrupted one. Save checkpoints at '
                     f'epoch boundaries (CheckpointHook by_epoch=True) or use an iteration-based loop')
 
+    def _validation_due_at_checkpoint(self, runner) -> bool:
+        loop, val_loop = runner.train_loop, runner.val_loop
+        if val_loop is None or not self.revalidate:
+            return False
+        step = runner.epoch if self._epoch_based else runner.iter
+        end = loop.max_epochs if self._epoch_based else loop.max_iters
+        return step > 0 and step >= loop.val_begin and (step % loop.val_interval == 0 or step == end)
+
+    def _revalidate(self, runner) -> None:
+        # NOTE: mmengine saves a checkpoint before the validation of the same epoch/iteration, so a run stopped in
+        # between never had that validation, and the resumed run would skip it: the best-checkpoint bookkeeping
+        # (CheckpointHook save_best) would then differ from the uninterrupted run. It is run once here, with the
+        # checkpoint's generator states, inside the usual validation isolation, so training continues unchanged.
+        self._revalidate_pending = False
+        state, self._pending = self._pending, None
+        if state is not None:
+            self._restore(runner, state, state.pop('_source', 'val'))
+        runner.logger.info(f'[resume] validating the checkpointed {"epoch" if self._epoch_based else "iteration"} '
+                           f'{runner.epoch if self._epoch_based else runner.iter} first (its validation ran after '
+                           f'the checkpoint was saved), so save_best sees the same scores as an uninterrupted run')
+        runner.val_loop.run()
+
     def before_train_epoch(self, runner) -> None:
+        if self._revalidate_pending:
+            self._revalidate(runner)
         if self._epoch_based and self._pending is not None:
             state, self._pending = self._pending, None
             self._restore(runner, state, state.pop('_source', 'val'))
