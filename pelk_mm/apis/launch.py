@@ -189,7 +189,10 @@ def load_config(path: str) -> Config:
 
 
 def merge_cfg_options(cfg: Config, options: dict) -> None:
-    """``cfg.merge_from_dict(options)`` with a one-line error naming the ``--cfg-options`` that do not fit."""
+    """``cfg.merge_from_dict(options)`` with a one-line error naming the ``--cfg-options`` that do not fit (or whose
+    top-level key the config does not have: a misspelling mmengine would add unused)."""
+    from .check_settings import check_option_keys
+    check_option_keys(cfg, options)
     try:
         cfg.merge_from_dict(options)
     except Exception as err:  # noqa: BLE001 - a key/type conflict between the options and the config

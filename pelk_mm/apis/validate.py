@@ -411,7 +411,9 @@ def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data:
     Raises :class:`ConfigValidationError` / :class:`MissingDataError` (one line each); returns warnings (e.g. a
     resume fallback) for the caller to log.
     """
+    from .check_settings import check_settings
     notes: List[str] = []
+    notes += check_settings(cfg, mode)
     backbone = _check_model(cfg)
     if check_data:
         check_data_paths(cfg, mode=mode, config_name=config_name)

@@ -140,6 +140,10 @@ def _cli_cases(ckpts):
                                  [], f"config key `{pre}.checkpoint`: checkpoint '{trunc}'"),
         'load_from_garbage': (CLS, [f'load_from={garbage}'], [], 'config key `load_from`: checkpoint'),
         'resume_truncated': (CLS, [], ['--resume', str(trunc)], 'is truncated or not a PyTorch checkpoint'),
+        'misspelt_top_key': (CLS, ['trian_cfg.max_epochs=1'], [], "no key 'trian_cfg' (did you mean 'train_cfg'?)"),
+        'max_epochs_0': (CLS, ['train_cfg.max_epochs=0'], [], 'config key `train_cfg.max_epochs`: max_epochs must be'),
+        'lr_text': (CLS, ['optim_wrapper.optimizer.lr=fast'], [], "learning rate must be a number >= 0, got 'fast'"),
+        'drop_path': (SEG, ['model.backbone.drop_path_rate=1.5'], [], 'must be in [0, 1), got 1.5'),
     }
 
 

@@ -1,0 +1,83 @@
+"""Training settings checked before anything is built (``pelk_mm.apis.check_settings``): each bad value is one
+ConfigValidationError naming the key, the value and the fix; misspelt keys get the closest valid name; every
+shipped config passes."""
+import copy
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from pelk_mm.apis.check_settings import check_option_keys, check_settings
+from pelk_mm.apis.launch import register_codebase
+from pelk_mm.apis.validate import ConfigValidationError
+
+REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+CLS = osp.join(REPO, 'configs/demo/pelk_demo_in1k.py')
+SEG = osp.join(REPO, 'configs/demo/pelk_demo_upernet_ade20k.py')
+DET = osp.join(REPO, 'configs/demo/pelk_demo_cascade_mask_rcnn_coco.py')
+TINY = osp.join(REPO, 'tests/data/configs/tiny_pelk_cls_demo.py')
+_PARSED = {}
+
+
+def _cfg(path):
+    """A fresh copy of the parsed config (each file is parsed once)."""
+    if path not in _PARSED:
+        _PARSED[path] = Config.fromfile(path)
+    cfg = Config(copy.deepcopy(_PARSED[path].to_dict()))
+    register_codebase(cfg.default_scope)
+    return cfg
+
+
+CASES = {
+    'max_epochs_0': (CLS, {'train_cfg.max_epochs': 0}, 'train_cfg.max_epochs', 'max_epochs must be an integer >= 1'),
+    'max_iters_0': (SEG, {'train_cfg.max_iters': 0}, 'train_cfg.max_iters', 'got 0'),
+    'val_interval_0': (CLS, {'train_cfg.val_interval': 0}, 'train_cfg.val_interval', 'val_interval must be'),
+    'max_epoch': (CLS, {'train_cfg.max_epoch': 1}, 'train_cfg.max_epoch', "(did you mean 'max_epochs'?)"),
+    'optimiser': (CLS, {'optim_wrapper.optimiser': {'type': 'SGD', 'lr': 0.1}}, 'optim_wrapper.optimiser',
+                  "(did you mean 'optimizer'?)"),
+    'lrr': (CLS, {'optim_wrapper.optimizer.lrr': 0.1}, 'optim_wrapper.optimizer.lrr', "(did you mean 'lr'?)"),
+    'lr_text': (CLS, {'optim_wrapper.optimizer.lr': 'fast'}, 'optim_wrapper.optimizer.lr', "got 'fast'"),
+    'lr_negative': (CLS, {'optim_wrapper.optimizer.lr': -0.002}, 'optim_wrapper.optimizer.lr', 'got -0.002'),
+    'batch_size_0': (CLS, {'train_dataloader.batch_size': 0}, 'train_dataloader.batch_size', 'got 0'),
+    'drop_path_negative': (CLS, {'model.backbone.drop_path_rate': -0.5}, 'model.backbone.drop_path_rate',
+                           'must be in [0, 1), got -0.5'),
+    'drop_path_one_and_a_half': (DET, {'model.backbone.drop_path_rate': 1.5}, 'model.backbone.drop_path_rate',
+                                 'got 1.5'),
+    'num_classes_cls': (TINY, {'model.head.num_classes': 7}, 'model.head.num_classes',
+                        '7 classes, but train_dataloader.dataset has 6'),
+    'num_classes_seg': (SEG, {'model.decode_head.num_classes': 19}, 'model.decode_head.num_classes',
+                        '19 classes, but train_dataloader.dataset has'),
+    'num_classes_det': (DET, {'model.roi_head.bbox_head.0.num_classes': 3}, 'model.roi_head.bbox_head[0].num_classes',
+                        '3 classes, but train_dataloader.dataset has'),
+}
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_bad_setting_is_one_line(name):
+    path, options, key, expected = CASES[name]
+    cfg = _cfg(path)
+    if name == 'num_classes_det':
+        cfg.model.roi_head.bbox_head[0].num_classes = 3
+    else:
+        cfg.merge_from_dict(options)
+    with pytest.raises(ConfigValidationError) as err:
+        check_settings(cfg, 'train')
+    msg = str(err.value)
+    assert err.value.key == key and f'config key `{key}`' in msg and expected in msg and 'Fix:' in msg, msg
+    assert '\n' not in msg
+
+
+def test_misspelt_option_key_names_the_closest():
+    cfg = _cfg(CLS)
+    with pytest.raises(ConfigValidationError, match=r"no key 'trian_cfg' \(did you mean 'train_cfg'\?\)"):
+        check_option_keys(cfg, {'trian_cfg.max_epochs': 1})
+    check_option_keys(cfg, {'train_cfg.max_epochs': 1, 'load_from': 'x.pth', 'randomness.seed': 3})
+
+
+@pytest.mark.parametrize('path', sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
+                                        if '/_base_/' not in p))
+def test_every_shipped_config_passes(path):
+    cfg = _cfg(path)
+    for mode in ('train', 'val', 'test'):
+        check_settings(cfg, mode)
