@@ -81,6 +81,26 @@ def _innermost_reason(err: BaseException) -> str:
     return re.sub(r'^(class `\w+` in [^:]+: )+', '', msg)
 
 
+#: the fix shown for a bad value of each PeLK backbone argument
+_BACKBONE_FIXES = {
+    'model.backbone.arch': 'use arch one of tiny/small/base/tiny-101/base-101/tiny-151, or a dict with depths, '
+                           'channels, odd kernel_sizes and center_sizes (each kernel size >= its centre)',
+    'model.backbone.out_indices': 'list stage indices from 0 to the number of stages - 1 (e.g. [0, 1, 2, 3]; -1 '
+                                  'is the last stage)',
+    'model.backbone.frozen_stages': 'use -1 (nothing frozen) or a stage index up to the number of stages - 1',
+    'model.backbone.half_grids': 'give one half grid per stage (outer -> centre, the centre cell 1 last) whose '
+                                 'cells add up to (kernel size + 1) / 2, or None for the default grids',
+    'model.backbone.kpe_mode': "use 'input', 'bias', 'weight' or None",
+    'model.backbone.conv_type': "use 'peripheral', 'dense' or 'stripe'",
+    'model.backbone.conv_impl': "use 'auto' or one of the implementations pelk_mm.ops.available_impls() lists",
+    'model.backbone.drop_path_rate': 'use a rate in [0, 1), e.g. 0.1',
+    'model.backbone.conv_ratio': 'use a fraction in (0, 1] of the channels that go through the large kernel '
+                                 '(PeLK: 0.375)',
+    'model.backbone': 'check the argument named in the message against the PeLK docstring (README "Using PeLK in '
+                      'configs")',
+}
+
+
 def _backbone_key_for(reason: str) -> str:
     for name in ('out_indices', 'kernel_sizes', 'center_sizes', 'frozen_stages', 'half_grids', 'kpe_mode',
                  'conv_type', 'conv_impl', 'drop_path_rate', 'conv_ratio'):
@@ -107,9 +127,7 @@ def build_backbone_meta(backbone_cfg):
         key = _backbone_key_for(reason)
         value = _get(backbone_cfg, key[len('model.backbone.'):]) if key != 'model.backbone' else None
         shown = f' (= {value!r})' if value is not None else ''
-        _fail(key, f'{reason}{shown}',
-              'use a valid value: arch one of tiny/small/base/tiny-101/base-101/tiny-151 (or a dict with depths, '
-              'channels, odd kernel_sizes >= center_sizes), out_indices within the number of stages')
+        _fail(key, f'{reason}{shown}', _BACKBONE_FIXES.get(key, _BACKBONE_FIXES['model.backbone']))
 
 
 def _get(cfg, dotted: str, default=None):

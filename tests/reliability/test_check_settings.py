@@ -81,3 +81,18 @@ def test_every_shipped_config_passes(path):
     cfg = _cfg(path)
     for mode in ('train', 'val', 'test'):
         check_settings(cfg, mode)
+
+
+@pytest.mark.parametrize('options, key, fix', [
+    ({'model.backbone.out_indices': [4]}, 'model.backbone.out_indices', 'list stage indices from 0'),
+    ({'model.backbone.kpe_mode': 'sideways'}, 'model.backbone.kpe_mode', "use 'input', 'bias', 'weight' or None"),
+    ({'model.backbone.conv_type': 'sparse'}, 'model.backbone.conv_type', "use 'peripheral', 'dense' or 'stripe'"),
+    ({'model.backbone.arch': 'huge'}, 'model.backbone.arch', 'use arch one of tiny/small/base'),
+])
+def test_backbone_errors_have_a_fix_for_their_key(options, key, fix):
+    from pelk_mm.apis.validate import build_backbone_meta
+    cfg = _cfg(CLS)
+    cfg.merge_from_dict(options)
+    with pytest.raises(ConfigValidationError) as err:
+        build_backbone_meta(cfg.model.backbone)
+    assert err.value.key == key and f'Fix: {fix}' in str(err.value), str(err.value)
