@@ -17,6 +17,8 @@ Applied on ``import pelk_mm`` (so every entry point that imports pelk_mm, includ
    NCHW-contiguous, so a channels-last-strided map gives wrong RoI features without an error; the input is made
    contiguous first. On another mmcv version a probe compares both layouts and the patch is applied only if they
    differ.
+6. **Image errors name the file** -- mmcv's ``LoadImageFromFile`` re-raises decoder errors without the path (an
+   empty or corrupt image in a million); they become one ``DataFileError`` naming it.
 
 Applied by the project's launchers only (:func:`apply_launcher_patches`, called by ``tools/train.py`` /
 ``tools/test.py``), since only ``tools/dist_*.sh`` on CPU-only machines needs them:
@@ -41,6 +43,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .checkpoint import CheckpointLoadError, atomic_write, load_checkpoint_file  # noqa: F401 (re-exported)
+from .errors import DataFileError
 
 __all__ = ['apply', 'apply_launcher_patches', 'elastic_attempt_store', 'WRITTEN_FOR']
 
@@ -227,6 +230,34 @@ def _patch_roi_align() -> None:
     RoIAlignFunction.forward = staticmethod(contiguous_forward)
 
 
+# --------------------------------------------------------------------------------------------------- 6. images
+def _patch_image_loading() -> None:
+    """mmcv's ``LoadImageFromFile`` re-raises decoder errors that do not name the file (an empty file gives
+    ``cv2.error: ... !buf.empty()``): any error while loading becomes :class:`pelk_mm.errors.DataFileError` with
+    the path. Applied on any mmcv version: it only adds the path to an error that is raised anyway."""
+    try:
+        from mmcv.transforms.loading import LoadImageFromFile
+    except ImportError:
+        return
+    version_matches('mmcv', 'image errors name the file')
+    transform = LoadImageFromFile.transform
+
+    def transform_naming_the_file(self, results: dict):
+        try:
+            return transform(self, results)
+        except DataFileError:
+            raise
+        except Exception as err:  # noqa: BLE001 - re-raised with the file named
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()
+            path = results.get('img_path', None)
+            raise DataFileError(
+                f'cannot read image {path!r}: {type(err).__name__}: {reason}. Fix: replace it with a readable '
+                f'image, or remove it from the dataset (its annotation list / folder)') from None
+
+    transform_naming_the_file.__doc__ = transform.__doc__
+    LoadImageFromFile.transform = transform_naming_the_file
+
+
 # --------------------------------------------------------------------------------------------------- 4./5. launcher
 def elastic_attempt_store(timeout=None):
     """The store for ``init_process_group`` under a torchrun elastic agent, namespaced by restart attempt.
@@ -297,10 +328,11 @@ def _patch_cpu_launcher() -> None:
 
 
 def apply() -> None:
-    """The patches every entry point needs (1-3); idempotent."""
+    """The patches every entry point needs (1-3, 6); idempotent."""
     _once('checkpoint loading', _patch_checkpoint_loading)
     _once('atomic writes', _patch_atomic_writes)
     _once('roi align', _patch_roi_align)
+    _once('image loading', _patch_image_loading)
 
 
 def apply_launcher_patches() -> None:

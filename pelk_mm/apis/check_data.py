@@ -13,7 +13,7 @@ import os
 import os.path as osp
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ['MissingDataError', 'find_missing_data', 'check_data_paths', 'DATALOADERS_FOR_MODE']
+__all__ = ['MissingDataError', 'find_missing_data', 'check_data_paths', 'check_label_lists', 'DATALOADERS_FOR_MODE']
 
 #: dataloaders each mode builds (the Runner builds val only when validation is on)
 DATALOADERS_FOR_MODE = {
@@ -158,11 +158,69 @@ def _format_message(key: str, path: str, ds, config_name: str, n_more: List[str]
     return msg + '.'
 
 
+def _num_classes(ds) -> Optional[int]:
+    classes = (ds.get('metainfo', None) or {}).get('classes', None) or ds.get('classes', None)
+    if isinstance(classes, (list, tuple)):
+        return len(classes)
+    if isinstance(classes, str) and osp.isfile(classes):
+        with open(classes) as f:
+            return sum(1 for line in f if line.strip())
+    return 1000 if 'ImageNet' in _type_name(ds) and classes is None else None
+
+
+def check_label_lists(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None) -> None:
+    """mmpretrain's ``<relative image path> <integer label>`` annotation lists (``ImageNet`` / ``CustomDataset``
+    ``ann_file``): a line without a label, a label that is not an integer or is outside ``[0, classes)``, or a
+    list without images raises :class:`pelk_mm.errors.DataFileError` naming the file and the line (mmpretrain
+    fails on these deep inside the dataset, or trains on an out-of-range label until the loss crashes)."""
+    from pelk_mm.errors import DataFileError
+    for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
+        loader = cfg.get(loader_key, None)
+        if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
+            continue
+        for key, ds in _walk_datasets(loader['dataset'], f'{loader_key}.dataset'):
+            type_name = _type_name(ds)
+            ann = ds.get('ann_file', '') or ''
+            split = ds.get('split', '') or ''
+            if not ann and split and 'ImageNet' in type_name:
+                ann = osp.join('meta', f'{split}.txt')  # what mmpretrain's ImageNet(split=...) reads if present
+            if not ('ImageNet' in type_name or 'CustomDataset' in type_name) or not isinstance(ann, str) or not ann \
+                    or ds.get('with_label', True) is False or split == 'test':
+                continue  # an unlabelled list (the test split) holds paths only
+            path = _join(ds.get('data_root', '') or '', ann)
+            if _is_remote(path, ds.get('backend_args', None)) or not osp.isfile(path):
+                continue
+            classes = _num_classes(ds)
+            fix = (f'each line of {path} must read "<image path relative to the split folder> <label>", separated by '
+                   f'one space, with an integer label in [0, {classes if classes else "number of classes"})')
+            count = 0
+            with open(path) as f:
+                for number, line in enumerate(f, 1):
+                    text = line.rstrip('\n\r')
+                    parts = text.strip().rsplit(' ', 1)
+                    if len(parts) != 2 or not parts[0]:
+                        raise DataFileError(f'{key}.ann_file {path!r} line {number}: {text!r} has no label. '
+                                            f'Fix: {fix}')
+                    try:
+                        label = int(parts[1])
+                    except ValueError:
+                        raise DataFileError(f'{key}.ann_file {path!r} line {number}: label {parts[1]!r} is not an '
+                                            f'integer. Fix: {fix}') from None
+                    if label < 0 or (classes is not None and label >= classes):
+                        raise DataFileError(f'{key}.ann_file {path!r} line {number}: label {label} is outside '
+                                            f'[0, {classes}) ({classes} classes). Fix: {fix}')
+                    count += 1
+            if count == 0:
+                raise DataFileError(f'{key}.ann_file {path!r} lists no images. Fix: {fix}')
+
+
 def check_data_paths(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None,
                      config_name: str = '') -> None:
-    """Raise :class:`MissingDataError` (one paragraph) if a dataset path the run needs is missing."""
+    """Raise :class:`MissingDataError` (one paragraph) if a dataset path the run needs is missing, and
+    :class:`pelk_mm.errors.DataFileError` for a malformed annotation list (:func:`check_label_lists`)."""
     missing = find_missing_data(cfg, mode, dataloaders)
     if not missing:
+        check_label_lists(cfg, mode, dataloaders)
         return
     key, path, ds = missing[0]
     more = [f'`{k}` ({p})' for k, p, _ in missing[1:]]

@@ -20,15 +20,24 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     from pelk_mm.checkpoint import CheckpointLoadError
     from pelk_mm.engine.hooks.non_finite_guard_hook import NonFiniteTrainingError
 
+    from pelk_mm.errors import DataFileError
+
     from .check_data import MissingDataError
     from .launch import LaunchError
     from .validate import ConfigValidationError
-    return (LaunchError, MissingDataError, ConfigValidationError, CheckpointLoadError, NonFiniteTrainingError)
+    return (LaunchError, MissingDataError, ConfigValidationError, CheckpointLoadError, NonFiniteTrainingError,
+            DataFileError)
 
 
 def one_line(err: BaseException, with_type: bool = False) -> str:
     """The message of ``err`` on one line (its lines joined); ``with_type`` prefixes the exception class."""
-    text = ' '.join(part.strip() for part in str(err).splitlines() if part.strip())
+    lines = [part.strip() for part in str(err).splitlines() if part.strip()]
+    if any(line.startswith('Original Traceback') for line in lines):
+        # re-raised from a DataLoader worker: the worker's own message is the last line, after "module.Class: "
+        last = lines[-1]
+        prefix = f'{type(err).__module__}.{type(err).__qualname__}: '
+        lines = [last[len(prefix):] if last.startswith(prefix) else last.split(': ', 1)[-1]]
+    text = ' '.join(lines)
     if not text:
         return type(err).__name__
     return f'{type(err).__name__}: {text}' if with_type else text
