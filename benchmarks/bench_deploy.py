@@ -18,7 +18,8 @@ Rows (one random-weight PeLK, BatchNorm statistics randomised, eval mode, ``torc
   onnxruntime's CPU provider with ``--threads`` intra-op threads.
 
 All rows of one batch size are timed interleaved (one forward of each row per round, the row order rotated every
-round, ``--reps`` rounds after three warm-up rounds) and the medians reported, so machine noise hits every row alike.
+round, ``--reps`` rounds after three warm-up rounds): the table gives each row's median time and the median of its
+per-round ratios to the train form, so machine noise hits every row alike.
 Prints a markdown table and writes JSON.
 """
 import argparse
@@ -169,16 +170,18 @@ def main(argv=None):
         med, raw = time_interleaved(rows, x, reps)
         for n in rows:
             results.append(dict(row=n, batch=batch, median_s=med[n], times_s=raw[n]))
-    by = {(r['row'], r['batch']): r['median_s'] for r in results}
+    by = {(r['row'], r['batch']): r for r in results}
+    for r in results:  # per-round ratios: both rows of a round saw the same machine state
+        ref = by[('train form', r['batch'])]['times_s']
+        r['ratio_to_train_form'] = statistics.median(t / u for t, u in zip(r['times_s'], ref))
     header = '| row | ' + ' | '.join(f'batch {b}: s / forward | ÷ train form' for b in args.batches) + ' |'
     print(f'PeLK-{args.arch} backbone inference, {args.size}x{args.size}, {args.threads} threads, '
-          f'{platform.processor() or platform.machine()}, torch {torch.__version__}, medians of interleaved rounds')
+          f'{platform.processor() or platform.machine()}, torch {torch.__version__}; medians of interleaved rounds, '
+          f'ratios = median of the per-round ratios')
     print(header)
     print('|---|' + '---|---|' * len(args.batches))
     for n in rows:
-        cells = []
-        for b in args.batches:
-            cells.append(f'{by[(n, b)]:.3f} | {by[(n, b)] / by[("train form", b)]:.3f}')
+        cells = [f'{by[(n, b)]["median_s"]:.3f} | {by[(n, b)]["ratio_to_train_form"]:.3f}' for b in args.batches]
         print(f'| {n} | ' + ' | '.join(cells) + ' |')
     for form, errs in ONNX_ERRORS.items():
         print(f'onnxruntime {form} vs PyTorch, max relative error: '
