@@ -23,6 +23,7 @@ The loaders for mmengine's schemes (local paths, ``http(s)://`` and the ``torchv
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import os.path as osp
@@ -264,13 +265,15 @@ def _log_warning(message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def load_checkpoint_file(source: Union[str, io.BytesIO], map_location=None, name: Optional[str] = None):
+def load_checkpoint_file(source: Union[str, io.BytesIO], map_location=None, name: Optional[str] = None,
+                         mmap: bool = False):
     """Load a checkpoint safely: CRC-verified, then ``torch.load(weights_only=True)`` with :data:`SAFE_GLOBALS`.
 
     Args:
         source: A local path or an in-memory buffer (remote schemes read into one).
         map_location: As in :func:`torch.load`.
         name: How to name the file in messages (the URL of a downloaded buffer). Defaults to the path.
+        mmap: Map the tensors of a zip checkpoint file instead of reading them (to look at a few entries cheaply).
 
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
@@ -295,9 +298,10 @@ def load_checkpoint_file(source: Union[str, io.BytesIO], map_location=None, name
         if not checkpoints_trusted():
             raise _refuse(what, refused)
         return _load_trusted(source, map_location, what, refused)
+    extra = dict(mmap=True) if mmap and isinstance(source, str) and zipfile.is_zipfile(source) else {}
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(source, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True, **extra)
     except pickle.UnpicklingError as err:  # a legacy-format file (no opcode scan) that needs more
         refused = re.findall(r'GLOBAL (\S+)', str(err))
         if not checkpoints_trusted():
@@ -406,7 +410,19 @@ def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filepath)
-    except BaseException:
+    except BaseException as err:
         if osp.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise _disk_full(filepath, folder, len(data)) from None
         raise
+
+
+def _disk_full(filepath: str, folder: str, size: int):
+    from pelk_mm.errors import DiskFullError
+    import shutil
+    free = shutil.disk_usage(folder).free
+    return DiskFullError(
+        errno.ENOSPC, f'no space left on the disk of {folder} while writing {filepath} ({size / 2**20:.1f} MB; '
+        f'{free / 2**20:.1f} MB free): the files written before are intact. Fix: free space there (or point '
+        f'--work-dir at a larger disk), then continue with --resume')

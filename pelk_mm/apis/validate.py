@@ -30,7 +30,8 @@ from typing import List, Optional, Tuple
 from .check_data import check_data_paths
 
 __all__ = ['ConfigValidationError', 'validate_config', 'backbone_out_channels', 'check_checkpoint_file',
-           'check_earlier_run', 'check_resume_exact', 'resolve_resume']
+           'check_earlier_run', 'check_resume_exact', 'check_resume_world_size', 'check_work_dir',
+           'resolve_resume']
 
 _PELK_TYPES = ('pelk_mm.PeLK', 'PeLK')
 
@@ -297,6 +298,34 @@ def resolve_resume(cfg) -> List[str]:
           'overwrite or rotate away the files in it)')
 
 
+def check_work_dir(cfg) -> None:
+    """``work_dir`` must be a folder (or not exist yet): a file there fails only when the first log is written."""
+    work_dir = cfg.get('work_dir', None)
+    if work_dir and osp.exists(work_dir) and not osp.isdir(work_dir):
+        _fail('work_dir', f'{work_dir!r} is a file, not a folder', 'give --work-dir a folder (it is created if '
+              'missing), e.g. work_dirs/<config name>')
+
+
+def check_resume_world_size(cfg, world_size: Optional[int] = None) -> None:
+    """``--resume`` with another number of processes than the checkpoint's run: the global batch, the per-epoch
+    iteration count (and with it every iteration-based schedule milestone) and the random streams would all change
+    silently, so it is refused."""
+    import os
+    path = cfg.get('load_from', None)
+    if not cfg.get('resume', False) or not path or '://' in str(path) or not osp.isfile(path):
+        return
+    from pelk_mm.checkpoint import load_checkpoint_file
+    state = load_checkpoint_file(path, map_location='cpu', mmap=True).get('resume_state', None) or {}
+    saved = state.get('world_size', None)
+    world_size = world_size if world_size is not None else int(os.environ.get('WORLD_SIZE', '1'))
+    if saved is not None and saved != world_size:
+        _fail('resume', f'{path} was written by a run of {saved} process(es), this run has {world_size}: the '
+              f'global batch size, the iterations per epoch and the learning-rate schedule would change',
+              f'resume with the same number of processes (tools/dist_train.sh CONFIG {saved} --resume; '
+              f'{"python tools/train.py CONFIG --resume" if saved == 1 else "or on one machine with that many"}), '
+              f'or start a new run from it with load_from (fine-tuning semantics)')
+
+
 def check_earlier_run(cfg) -> None:
     """A new run (no ``--resume``) must not overwrite or rotate away the checkpoints of an earlier run: a
     ``work_dir`` that already holds ``epoch_*.pth`` / ``iter_*.pth`` is refused."""
@@ -439,9 +468,11 @@ def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data:
     if check_checkpoints:
         _check_pretrained(cfg, backbone)
         if mode == 'train':
+            check_work_dir(cfg)
             check_earlier_run(cfg)
             check_resume_exact(cfg)
             notes += resolve_resume(cfg)
+            check_resume_world_size(cfg)
             if not cfg.get('resume', False) and cfg.get('load_from', None):
                 check_checkpoint_file(cfg['load_from'], 'load_from')
         elif cfg.get('load_from', None):

@@ -106,3 +106,34 @@ def test_train_with_a_bad_label_line_stops_before_building(imagenet, tmp_path, r
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith('error:')]
     assert len(lines) == 1 and "line 1: label 'cat' is not an integer" in lines[0], r.stderr[-3000:]
     assert not list((cwd / 'work').glob('*/*.log'))  # before the Runner was built
+
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    from pelk_mm.datasets import make_demo_data
+    root = tmp_path_factory.mktemp('coco_data')
+    make_demo_data('coco', str(root))
+    return root / 'coco'
+
+
+@pytest.mark.parametrize('edit, expected', [
+    (lambda d: d.pop('categories'), "it has no 'categories' list"),
+    (lambda d: d.pop('images'), "it has no 'images' list"),
+    (lambda d: d['annotations'][1].pop('bbox'), "annotations[1] has no 'bbox'"),
+    (lambda d: d['annotations'][0].update(bbox=[1, 2, 3]), 'not [x, y, width, height]'),
+])
+def test_malformed_coco_json_names_file_and_entry(coco, tmp_path, edit, expected):
+    import json
+
+    from pelk_mm.apis.check_data import check_coco_files
+    src = coco / 'annotations/instances_train2017.json'
+    data = json.loads(src.read_text())
+    edit(data)
+    path = tmp_path / 'instances.json'
+    path.write_text(json.dumps(data))
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(type='CocoDataset', data_root='', ann_file=str(path)))))
+    with pytest.raises(DataFileError) as err:
+        check_coco_files(cfg, 'train', ['train_dataloader'])
+    assert str(path) in str(err.value) and expected in str(err.value) and '\n' not in str(err.value)
+    cfg.train_dataloader.dataset.ann_file = str(src)
+    check_coco_files(cfg, 'train', ['train_dataloader'])  # the intact file passes

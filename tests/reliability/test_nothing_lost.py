@@ -333,3 +333,45 @@ def test_best_checkpoint_after_a_resume_equals_the_uninterrupted_run(tmp_path):
     a = load_checkpoint_file(str(ref / 'iter_6.pth'))['state_dict']
     b = load_checkpoint_file(str(work / 'iter_6.pth'))['state_dict']
     assert all(torch.equal(a[k], b[k]) for k in a)  # the extra validation changed nothing in training
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    from pelk_mm.apis.validate import check_resume_world_size
+    path = tmp_path / 'epoch_2.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'resume_state': {'world_size': 2, 'rng': [{}, {}]}}, path)
+    cfg = Config(dict(resume=True, load_from=str(path), work_dir=str(tmp_path)))
+    with pytest.raises(ConfigValidationError) as err:
+        check_resume_world_size(cfg, world_size=1)
+    msg = str(err.value)
+    assert 'written by a run of 2 process(es), this run has 1' in msg and 'dist_train.sh CONFIG 2 --resume' in msg
+    check_resume_world_size(cfg, world_size=2)  # the same count: fine
+    check_resume_world_size(Config(dict(resume=False, load_from=str(path))), world_size=1)  # fine-tuning: fine
+
+
+def test_work_dir_that_is_a_file_is_refused(tmp_path):
+    from pelk_mm.apis.validate import check_work_dir
+    (tmp_path / 'out').write_text('x')
+    with pytest.raises(ConfigValidationError, match="is a file, not a folder"):
+        check_work_dir(Config(dict(work_dir=str(tmp_path / 'out'))))
+    check_work_dir(Config(dict(work_dir=str(tmp_path / 'new'))))
+
+
+def test_disk_full_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from pelk_mm.apis.errors import format_user_error, user_error_types
+    from pelk_mm.errors import DiskFullError
+    target = tmp_path / 'epoch_1.pth'
+    target.write_bytes(b'old checkpoint')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(os, 'fsync', full)
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(b'x' * 4096, target, 'wb')
+    line = format_user_error(err.value)
+    assert isinstance(err.value, user_error_types()) and '\n' not in line
+    assert f'while writing {target}' in line and 'MB free' in line and '--resume' in line
+    assert target.read_bytes() == b'old checkpoint' and sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']
