@@ -16,13 +16,14 @@ import copy
 import importlib
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 __all__ = ['DeployError', 'CONV_FORMS', 'build_model', 'load_weights', 'convert_checkpoint', 'conv_form',
-           'export_onnx', 'check_onnx', 'require_onnxruntime']
+           'exportable', 'export_onnx', 'check_onnx', 'onnx_op_types', 'require_onnxruntime']
 
 #: ONNX forms of the peripheral conv -> the ``pelk_mm.ops`` implementation that writes it
 CONV_FORMS = {'dense': 'dense_cl', 'structured': 'cumsum'}
@@ -206,7 +207,6 @@ def export_onnx(module: nn.Module, path: str, shape: Sequence[int], form: str = 
     names = ['logits'] if isinstance(outs, torch.Tensor) else [f'feat{i}' for i in range(n_out)]
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     axes = {n: {0: 'batch'} for n in ['input'] + names}
-    import warnings
     with torch.no_grad(), conv_form(module, form), warnings.catch_warnings():
         # the tracer warns that shapes become constants: intended (the spatial size is fixed at export)
         warnings.simplefilter('ignore')

@@ -167,7 +167,8 @@ def test_backbone_deploy_matches_train_form(helpers, conv_type, kpe_mode):
             if conv_type == 'stripe':
                 assert (k, 5) in shapes and (5, k) in shapes
             else:
-                assert conv.reparam_weight.shape[-1] == (k if kpe_mode == 'weight' else len(conv.grid))  # dense: K cells
+                # (conv_type='dense': its grid has K cells)
+                assert conv.reparam_weight.shape[-1] == (k if kpe_mode == 'weight' else len(conv.grid))
 
 
 def test_kpe_term_after_inference_mode_trains():

@@ -65,9 +65,9 @@ def check_state_dict_form(module: nn.Module, state_dict: dict, prefix: str, trai
 
 
 def centre_cell_start(grid: Sequence[int], small_kernel: int) -> Optional[int]:
-    """Index of the cell at offset ``-(small_kernel // 2)`` if every offset of a ``small_kernel`` centred kernel lies in a
-    width-1 cell of ``grid`` (so the small kernel folds exactly into ``small_kernel`` consecutive unshared cells),
-    else ``None``."""
+    """Index of the cell at offset ``-(small_kernel // 2)`` if every offset of a centred ``small_kernel`` kernel lies
+    in a width-1 cell of ``grid`` (so the small kernel folds exactly into ``small_kernel`` consecutive unshared
+    cells), else ``None``."""
     r = small_kernel // 2
     first = None
     for i, (lo, hi) in enumerate(grid_bounds(grid)):
