@@ -600,14 +600,25 @@ def _run_cli(fn, args) -> int:
     from pelk_mm.compat import apply_launcher_patches
     apply_launcher_patches()  # CPU/gloo launcher and elastic rendezvous: needed by these entry points only
     from .errors import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
+    import torch.distributed as torch_dist
     try:
-        return run_cli(fn, args)
+        rc = run_cli(fn, args)
     finally:
-        import torch.distributed as torch_dist
-        if torch_dist.is_available() and torch_dist.is_initialized():
-            # NOTE: a gloo group left to the interpreter's exit can abort the process ("terminate called without an
-            # active exception") after a successful run
+        distributed = torch_dist.is_available() and torch_dist.is_initialized()
+        if distributed:
             torch_dist.destroy_process_group()
+    if distributed and getattr(args, 'launcher', 'none') != 'none':
+        # NOTE: a worker process under torchrun can still abort in the C++ static destructors at interpreter exit
+        # ("terminate called without an active exception", SIGABRT) after a successful run, seen about once in six
+        # 2-process CPU runs on a loaded machine, which the agent then reports as a failed job. Everything the run
+        # writes is flushed and fsynced by now, so the worker leaves without those destructors.
+        import logging as _logging
+        import sys
+        _logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -375,3 +375,37 @@ def test_disk_full_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
     assert isinstance(err.value, user_error_types()) and '\n' not in line
     assert f'while writing {target}' in line and 'MB free' in line and '--resume' in line
     assert target.read_bytes() == b'old checkpoint' and sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']
+
+
+def test_max_keep_one_fits_on_a_nearly_full_disk(tmp_path, monkeypatch):
+    """With max_keep_ckpts=1 and room for one checkpoint and a half, every save still lands (the old file is
+    deleted first when the safe order does not fit), and the run ends with the newest checkpoint only."""
+    import errno
+
+    import pelk_mm.compat as compat
+    from pelk_mm.engine.hooks import ResumeStateHook
+    from pelk_mm.errors import DiskFullError
+    write = compat.atomic_write
+    quota = {}
+
+    def on_small_disk(data, filepath, mode='w', encoding=None):
+        used = sum(p.stat().st_size for p in tmp_path.glob('*.pth'))
+        if str(filepath).endswith('.pth'):
+            quota.setdefault('bytes', int(len(data) * 1.6))
+            if used + len(data) > quota['bytes']:
+                raise DiskFullError(errno.ENOSPC, f'simulated full disk writing {filepath}')
+        return write(data, filepath, mode, encoding)
+
+    monkeypatch.setattr(compat, 'atomic_write', on_small_disk)
+    torch.manual_seed(0)
+    runner = Runner(
+        model=_Toy(), work_dir=str(tmp_path), experiment_name=f'full_{tmp_path.name}',
+        train_dataloader=dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
+                              num_workers=0, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)), train_cfg=dict(by_epoch=False, max_iters=6),
+        custom_hooks=[ResumeStateHook()],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, max_keep_ckpts=1)),
+        randomness=dict(seed=0), log_level='WARNING')
+    runner.train()
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_6.pth']
+    assert load_checkpoint_file(str(tmp_path / 'iter_6.pth'))['meta']['iter'] == 6

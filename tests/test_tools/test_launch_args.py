@@ -238,7 +238,7 @@ def test_missing_data_resolves_paths_like_basedataset(tmp_path):
     assert info.value.key == 'train_dataloader.dataset.ann_file'
     assert info.value.path == str(root / 'annotations/instances_train2017.json')
     (root / 'annotations').mkdir()
-    (root / 'annotations/instances_train2017.json').write_text('{}')
+    (root / 'annotations/instances_train2017.json').write_text('{"images": [], "annotations": [], "categories": []}')
     check_data_paths(cfg, 'train')  # all present
     # test mode checks only the test dataloader
     check_data_paths(_cfg(test_dataloader=dict(dataset=ds)), 'test')

@@ -57,6 +57,7 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner.loops import EpochBasedTrainLoop
 
 from pelk_mm.checkpoint import atomic_write
+from pelk_mm.errors import DiskFullError
 from pelk_mm.registry import HOOKS
 
 __all__ = ['ResumeStateHook', 'capture_rng_state', 'restore_rng_state', 'STATE_KEY']
@@ -193,7 +194,25 @@ class ResumeStateHook(Hook):
                     # maxlen=max_keep_ckpts, which would forget the oldest id without deleting the file)
                     hook.max_keep_ckpts = keep + 1
                     hook.keep_ckpt_ids = deque(hook.keep_ckpt_ids)
-                original(runner, step, meta)
+                try:
+                    original(runner, step, meta)
+                except DiskFullError:
+                    if not (rotate and is_main_process() and len(hook.keep_ckpt_ids) > keep):
+                        raise
+                    # NOTE: keeping the oldest checkpoint until the new one is written needs room for one more;
+                    # when the disk has none, fall back to mmengine's order (delete, then write) rather than fail
+                    freed = []
+                    while len(hook.keep_ckpt_ids) > keep:
+                        old = hook.keep_ckpt_ids.popleft()
+                        path = hook.file_backend.join_path(hook.out_dir, hook.filename_tmpl.format(old))
+                        if hook.file_backend.isfile(path):
+                            hook.file_backend.remove(path)
+                            freed.append(osp.basename(path))
+                    runner.logger.warning(
+                        f'[checkpoint] no room on the disk for the new checkpoint next to the old one: deleted '
+                        f'{", ".join(freed) or "nothing"} first and wrote it again (a kill during this write would '
+                        f'leave no complete checkpoint of the last {keep} save(s); free space to keep the safe order)')
+                    original(runner, step, meta)
             finally:
                 hook.max_keep_ckpts = keep
                 self._gathered = None
