@@ -248,8 +248,8 @@ def load_weights(model: nn.Module, checkpoint: str) -> None:
     lacks weights of the model or holds them in another shape is refused in one line."""
     from mmengine.runner import load_checkpoint
 
-    from pelk_mm.checkpoint import check_checkpoint_fits, load_checkpoint_file
-    check_checkpoint_fits(model, load_checkpoint_file(checkpoint, map_location='cpu'), repr(checkpoint))
+    from .launch import check_test_checkpoint
+    check_test_checkpoint(model, checkpoint)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='silent')
 
 

@@ -21,12 +21,13 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     from pelk_mm.engine.hooks.non_finite_guard_hook import NonFiniteTrainingError
 
     from pelk_mm.errors import DataFileError, DiskFullError
+    from pelk_mm.models.layers.peripheral_conv import DeployFormError
 
     from .check_data import MissingDataError
     from .launch import LaunchError
     from .validate import ConfigValidationError
     return (LaunchError, MissingDataError, ConfigValidationError, CheckpointLoadError, NonFiniteTrainingError,
-            DataFileError, DiskFullError)
+            DataFileError, DiskFullError, DeployFormError)
 
 
 def one_line(err: BaseException, with_type: bool = False) -> str:

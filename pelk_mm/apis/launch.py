@@ -518,6 +518,19 @@ def _bare_model(model):
     return model
 
 
+def check_test_checkpoint(model, path: str) -> None:
+    """The checkpoint to evaluate or analyse must be of the model's deploy form (else one line naming both forms
+    and the converter), hold every weight in the right shape, and only finite values."""
+    from pelk_mm.checkpoint import check_checkpoint_fits, checkpoint_weights, load_checkpoint_file
+    from pelk_mm.models.layers.peripheral_conv import check_state_dict_form
+    checkpoint = load_checkpoint_file(path, map_location='cpu')
+    weights = checkpoint_weights(checkpoint)
+    for name, module in model.named_modules():
+        if hasattr(module, 'FORM_KEYS') and hasattr(module, 'deployed'):
+            check_state_dict_form(module, weights, f'{name}.' if name else '', *module.FORM_KEYS, module.deployed)
+    check_checkpoint_fits(model, checkpoint, repr(path))
+
+
 #: config key: prefixes of model weights that ``load_from`` may lack or hold in another shape (fine-tuning)
 LOAD_FROM_MISMATCH_KEY = 'load_from_mismatch'
 
@@ -579,9 +592,7 @@ def test(args):
     cfg = merge_test_args(cfg, args)
     codebase, info, _ = _prepare(cfg, args, 'test')
     runner = build_runner(cfg, codebase)
-    from pelk_mm.checkpoint import check_checkpoint_fits, load_checkpoint_file
-    check_checkpoint_fits(_bare_model(runner.model), load_checkpoint_file(args.checkpoint, map_location='cpu'),
-                          repr(args.checkpoint))
+    check_test_checkpoint(_bare_model(runner.model), args.checkpoint)
     _log(runner, info, logging.INFO)
     if args.out and codebase == 'mmpretrain' and args.out_item in ('pred', None):
         from mmengine.evaluator import DumpResults

@@ -60,8 +60,8 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu',
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
-        from pelk_mm.checkpoint import check_checkpoint_fits, load_checkpoint_file
-        check_checkpoint_fits(model, load_checkpoint_file(checkpoint, map_location='cpu'), repr(checkpoint))
+        from pelk_mm.apis.launch import check_test_checkpoint
+        check_test_checkpoint(model, checkpoint)
         load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='current')
     return model.to(device).eval(), codebase
 

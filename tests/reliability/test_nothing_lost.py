@@ -203,6 +203,22 @@ def test_test_tool_refuses_a_checkpoint_of_another_model(cls_run, rel):
 
 
 @pytest.mark.slow
+def test_test_tool_names_the_deploy_form_of_a_converted_checkpoint(cls_run, rel):
+    """A checkpoint written by tools/deploy/convert_to_deploy.py, given to the train-form config, is named as the
+    other form (with the option that builds the deploy form), not as a pile of missing weights."""
+    tmp, config, ckpt = cls_run
+    out = tmp / 'deployed.pth'
+    r = rel.run([rel.PY, rel.REPO / 'tools/deploy/convert_to_deploy.py', config, ckpt, out, '--check-shape', '64',
+                 '64'], cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = _error_line(rel.run([rel.PY, rel.REPO / 'tools/test.py', config, out], cwd=tmp))
+    assert 'deploy form' in line and 'model.backbone.deploy=True' in line and 'missing' not in line
+    r = rel.run([rel.PY, rel.REPO / 'tools/test.py', config, out, '--cfg-options', 'model.backbone.deploy=True'],
+                cwd=tmp)
+    assert r.returncode == 0 and re.search(r'accuracy/top1: [0-9.]+', r.stdout + r.stderr), r.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_test_tool_refuses_nan_weights(cls_run, rel):
     tmp, config, ckpt = cls_run
     bad = tmp / 'nan.pth'

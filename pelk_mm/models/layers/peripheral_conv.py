@@ -125,6 +125,9 @@ class PeripheralConv2d(BaseModule):
         is ``'input'`` (deploy form).
     """
 
+    #: ``(key only the train form has, key only the deploy form has)``, relative to the module's prefix
+    FORM_KEYS = ('weight', 'reparam_weight')
+
     def __init__(self,
                  channels: int,
                  kernel_size: int,
@@ -333,7 +336,7 @@ class PeripheralConv2d(BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        check_state_dict_form(self, state_dict, prefix, 'weight', 'reparam_weight', self.deployed)
+        check_state_dict_form(self, state_dict, prefix, *self.FORM_KEYS, self.deployed)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

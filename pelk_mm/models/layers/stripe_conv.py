@@ -64,6 +64,9 @@ class StripeConv2d(BaseModule):
         x: ``(N, C, H, W)`` -> ``(N, C, H, W)``.
     """
 
+    #: ``(key only the train form has, key only the deploy form has)``, relative to the module's prefix
+    FORM_KEYS = ('conv_h.weight', 'conv_h_reparam.weight')
+
     def __init__(self,
                  channels: int,
                  kernel_size: int,
@@ -230,7 +233,7 @@ class StripeConv2d(BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        check_state_dict_form(self, state_dict, prefix, 'conv_h.weight', 'conv_h_reparam.weight', self.deployed)
+        check_state_dict_form(self, state_dict, prefix, *self.FORM_KEYS, self.deployed)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
