@@ -120,6 +120,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or without a value from the latest checkpoint in '
                              'the work dir')
+    parser.add_argument('--resume-other-world-size', action='store_true',
+                        help='resume with another number of processes than the checkpoint\'s run: the per-process '
+                             'batch size is rescaled so the global batch, the schedule and the lr stay the same '
+                             '(without it such a resume is refused)')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); needs CUDA, falls '
                              'back to fp32 with a warning without it')
@@ -506,7 +510,8 @@ def _prepare(cfg, args, mode: str):
     if mode == 'train':
         notes = resolve_amp(cfg, bool(args.amp))
     from .validate import validate_config  # config and checkpoint checks before the Runner is built
-    notes += validate_config(cfg, mode, config_name=args.config)
+    notes += validate_config(cfg, mode, config_name=args.config,
+                             resume_other_world_size=bool(getattr(args, 'resume_other_world_size', False)))
     return codebase, info, notes
 
 

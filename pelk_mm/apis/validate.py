@@ -306,24 +306,44 @@ def check_work_dir(cfg) -> None:
               'missing), e.g. work_dirs/<config name>')
 
 
-def check_resume_world_size(cfg, world_size: Optional[int] = None) -> None:
+def check_resume_world_size(cfg, world_size: Optional[int] = None, rescale: bool = False) -> List[str]:
     """``--resume`` with another number of processes than the checkpoint's run: the global batch, the per-epoch
     iteration count (and with it every iteration-based schedule milestone) and the random streams would all change
-    silently, so it is refused."""
+    silently, so it is refused -- unless ``rescale`` (``--resume-other-world-size``): then the per-process batch
+    size is scaled so that the global batch, the iterations per epoch, the schedule and the lr stay as they were.
+    Returns the note saying so."""
     import os
     path = cfg.get('load_from', None)
+    marker = osp.join(cfg.get('work_dir', None) or '', 'last_checkpoint')
+    if not path and cfg.get('work_dir', None) and osp.isfile(marker):
+        with open(marker) as f:
+            path = f.read().strip()  # what mmengine's auto-resume picks (resolve_resume checked it)
     if not cfg.get('resume', False) or not path or '://' in str(path) or not osp.isfile(path):
-        return
+        return []
     from pelk_mm.checkpoint import load_checkpoint_file
     state = load_checkpoint_file(path, map_location='cpu', mmap=True).get('resume_state', None) or {}
     saved = state.get('world_size', None)
     world_size = world_size if world_size is not None else int(os.environ.get('WORLD_SIZE', '1'))
-    if saved is not None and saved != world_size:
+    if saved is None or saved == world_size:
+        return []
+    if not rescale:
         _fail('resume', f'{path} was written by a run of {saved} process(es), this run has {world_size}: the '
               f'global batch size, the iterations per epoch and the learning-rate schedule would change',
-              f'resume with the same number of processes (tools/dist_train.sh CONFIG {saved} --resume; '
-              f'{"python tools/train.py CONFIG --resume" if saved == 1 else "or on one machine with that many"}), '
-              f'or start a new run from it with load_from (fine-tuning semantics)')
+              f'resume with the same number of processes (tools/dist_train.sh CONFIG {saved} --resume), add '
+              f'--resume-other-world-size to keep the global batch by rescaling the per-process batch size, or '
+              f'start a new run from it with load_from (fine-tuning semantics)')
+    loader = cfg.get('train_dataloader', None) or {}
+    batch = loader.get('batch_size', None)
+    total = batch * saved if isinstance(batch, int) else None
+    if total is None or total % world_size:
+        _fail('resume', f'--resume-other-world-size: the global batch {total} ({saved} x {batch}) of {path} cannot be '
+              f'split evenly over {world_size} process(es)',
+              f'use a process count that divides {total}, or the original {saved}')
+    cfg.train_dataloader.batch_size = total // world_size
+    return [f'--resume-other-world-size: {path} was written by {saved} process(es) x batch {batch}; this run has '
+            f'{world_size}, so train_dataloader.batch_size is {total // world_size} per process: the global batch '
+            f'({total}), iterations per epoch, schedule and lr stay the same (the random streams differ: not '
+            f'bit-identical to an uninterrupted run)']
 
 
 def check_earlier_run(cfg) -> None:
@@ -452,7 +472,7 @@ def _check_evaluator_files(cfg, mode: str) -> None:
 
 # --------------------------------------------------------------------------------------------------- entry point
 def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data: bool = True,
-                    check_checkpoints: bool = True) -> List[str]:
+                    check_checkpoints: bool = True, resume_other_world_size: bool = False) -> List[str]:
     """Validate ``cfg`` for ``mode`` ('train', 'val', 'test') before the Runner is built.
 
     Raises :class:`ConfigValidationError` / :class:`MissingDataError` (one line each); returns warnings (e.g. a
@@ -472,7 +492,7 @@ def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data:
             check_earlier_run(cfg)
             check_resume_exact(cfg)
             notes += resolve_resume(cfg)
-            check_resume_world_size(cfg)
+            notes += check_resume_world_size(cfg, rescale=resume_other_world_size)
             if not cfg.get('resume', False) and cfg.get('load_from', None):
                 check_checkpoint_file(cfg['load_from'], 'load_from')
         elif cfg.get('load_from', None):

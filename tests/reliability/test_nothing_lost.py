@@ -361,8 +361,15 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
         check_resume_world_size(cfg, world_size=1)
     msg = str(err.value)
     assert 'written by a run of 2 process(es), this run has 1' in msg and 'dist_train.sh CONFIG 2 --resume' in msg
-    check_resume_world_size(cfg, world_size=2)  # the same count: fine
-    check_resume_world_size(Config(dict(resume=False, load_from=str(path))), world_size=1)  # fine-tuning: fine
+    assert check_resume_world_size(cfg, world_size=2) == []  # the same count: fine
+    assert check_resume_world_size(Config(dict(resume=False, load_from=str(path))), world_size=1) == []  # load_from
+    # the explicit opt-in keeps the global batch: 2 x 16 -> 1 x 32, and says so
+    cfg = Config(dict(resume=True, load_from=str(path), work_dir=str(tmp_path), train_dataloader=dict(batch_size=16)))
+    notes = check_resume_world_size(cfg, world_size=1, rescale=True)
+    assert cfg.train_dataloader.batch_size == 32 and 'batch_size is 32 per process' in notes[0]
+    cfg.train_dataloader.batch_size = 5
+    with pytest.raises(ConfigValidationError, match='cannot be split evenly over 3'):
+        check_resume_world_size(cfg, world_size=3, rescale=True)
 
 
 def test_work_dir_that_is_a_file_is_refused(tmp_path):
@@ -425,3 +432,23 @@ def test_max_keep_one_fits_on_a_nearly_full_disk(tmp_path, monkeypatch):
     runner.train()
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_6.pth']
     assert load_checkpoint_file(str(tmp_path / 'iter_6.pth'))['meta']['iter'] == 6
+
+
+@pytest.mark.slow
+def test_resume_with_another_world_size_end_to_end(tmp_path, rel):
+    """A 2-process run resumed on 1 process: refused in one line, and with --resume-other-world-size continued with
+    the same global batch (1 x 32 instead of 2 x 16: one iteration per epoch either way)."""
+    config = tmp_path / 'tiny_resume_state.py'
+    config.write_text(f"_base_ = '{rel.REPO / 'tests/data/configs/tiny_pelk_cls_demo.py'}'\n"
+                      "custom_hooks = [dict(type='pelk_mm.ResumeStateHook')]\n")
+    opts = ['train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=12']
+    work = tmp_path / 'work'
+    r = rel.dist_train(config, 2, work, tmp_path, opts + ['train_cfg.max_epochs=1'])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    more = opts + ['train_cfg.max_epochs=2']
+    line = _error_line(rel.train(config, work, tmp_path, more, extra_args=['--resume']))
+    assert 'written by a run of 2 process(es), this run has 1' in line and '--resume-other-world-size' in line
+    r = rel.train(config, work, tmp_path, more, extra_args=['--resume', '--resume-other-world-size'])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    log = rel.log_text(work)
+    assert 'train_dataloader.batch_size is 32 per process' in log and re.search(r'Epoch\(train\)\s+\[2\]\[1/1\]', log)
