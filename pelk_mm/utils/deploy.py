@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import os
 import os.path as osp
@@ -41,30 +40,19 @@ def _is_pelk(backbone_cfg) -> bool:
 
 def build_model(cfg, deploy: bool) -> Tuple[nn.Module, str]:
     """Build ``cfg.model`` in its codebase's scope with a PeLK backbone in train (``deploy=False``) or deploy form:
-    no pretrained download, SyncBN reverted, eval mode, CPU.
+    no pretrained download, SyncBN reverted, eval mode, CPU (:func:`pelk_mm.utils.analysis.build_model`).
 
     Returns:
         tuple: ``(model, codebase)``.
     """
-    import pelk_mm  # noqa: F401  (registers pelk_mm.PeLK)
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-
-    from pelk_mm.apis.launch import get_codebase, register_codebase
-    codebase = get_codebase(cfg)
-    register_codebase(codebase)
-    init_default_scope(codebase)
-    model_cfg = copy.deepcopy(cfg.model)
-    backbone = model_cfg.get('backbone', None)
+    from .analysis import build_model as build_analysis_model
+    backbone = cfg.model.get('backbone', None)
     if not _is_pelk(backbone):
         kind = 'no backbone' if backbone is None else f'backbone type={backbone.get("type")!r}'
         raise DeployError(f'the config\'s model has {kind}; the deployment tools convert models whose backbone is '
                           f'pelk_mm.PeLK')
-    backbone['init_cfg'] = None  # the weights come from the checkpoint
-    backbone['deploy'] = deploy
-    registry = importlib.import_module(f'{codebase}.registry')
-    model = revert_sync_batchnorm(registry.MODELS.build(model_cfg))
-    return model.eval(), codebase
+    # the weights come from the checkpoint: no pretrained download
+    return build_analysis_model(cfg, backbone_overrides=dict(init_cfg=None, deploy=deploy))
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:
