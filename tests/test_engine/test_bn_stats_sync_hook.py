@@ -33,18 +33,21 @@ WORKER = textwrap.dedent('''
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = {model}
+    # a norm_eval-style frozen BN, part of the model when the hook collects the BatchNorms: it is in the hook's
+    # list, and only its eval mode must keep its (rank-specific) statistics out of the all-reduce
+    frozen = torch.nn.BatchNorm2d(4)
+    frozen.running_mean.fill_(rank + 0.1)
+    model.append(frozen)
     runner = types.SimpleNamespace(model=model, logger=types.SimpleNamespace(info=lambda msg: None))
     hook = BNStatsSyncHook()
     hook.before_train(runner)
+    assert any(bn is frozen for bn in hook._bns)
     model.train()
+    frozen.eval()
     torch.manual_seed(100 + rank)  # different data per rank -> different local statistics
     model[1](model[0](torch.randn(2, 3, 8, 8) * (rank + 1)))
-    local = [t.clone() for t in running_stats(unsynced_batchnorms(model))]
+    local = [t.clone() for t in running_stats(unsynced_batchnorms(model))][:2]
     hook.after_train_iter(runner, 0)
-    frozen = torch.nn.BatchNorm2d(4).eval()  # a norm_eval-style frozen BN keeps its (rank-specific) statistics
-    frozen.running_mean.fill_(rank + 0.1)
-    model.append(frozen)
-    hook.after_train_iter(runner, 1)
     stats = running_stats(unsynced_batchnorms(model))
     torch.save(dict(local=local, synced=[t.clone() for t in stats[:2]], tracked=len(stats),
                     frozen=frozen.running_mean.clone()), os.path.join(sys.argv[1], f'rank{{rank}}.pt'))
