@@ -23,11 +23,14 @@ Which one runs (policy):
 
 1. the ``impl`` argument (``'auto'`` by default; modules expose it as ``conv_impl``),
 2. else the environment variable ``PELK_MM_CONV_IMPL`` (e.g. ``dense`` to force the reference),
-3. else, with autotuning on (``PELK_MM_CONV_AUTOTUNE=1`` or :func:`set_autotune`), the fastest candidate for this
-   ``(device type, dtype, N, C, H, W, grid, memory format, grad needed)`` key, timed once per key in this process
-   (forward, or forward + backward when a gradient is needed; ``dense`` is excluded as hopeless) and cached in
-   memory (:func:`autotune_cache`, :func:`clear_autotune_cache`). Autotuning is off by default (it costs a few
-   runs of each candidate the first time a shape is seen) and never runs while ``torch.compile`` traces,
+3. else, with autotuning on (by default for CUDA inputs; ``PELK_MM_CONV_AUTOTUNE=1``/``0`` or
+   :func:`set_autotune` switch it for every device), the fastest candidate for this ``(device type, dtype, N, C,
+   H, W, grid, memory format, grad needed)`` key: synchronised timing after a warm-up, median of three runs,
+   forward + backward when a gradient is needed (``dense`` only for small kernels on CUDA, ``cumsum`` never). The
+   choice is kept in memory (:func:`autotune_cache`) and in a cache file per device model, torch and triton
+   version (:func:`autotune_cache_file`), so later runs do not re-time; in a process group rank 0 decides and
+   broadcasts, so every DDP rank runs the same implementation. Each choice is logged once. It never runs while
+   ``torch.compile`` traces,
 4. else the static rule: the highest-priority implementation whose ``supports`` (and ``auto``) accept the input:
    ``cpp`` on CPU when the extension builds, ``triton`` on CUDA when triton imports, else ``box``.
 
@@ -37,9 +40,13 @@ New implementations register with :func:`register_impl`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
+import re
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -70,6 +77,8 @@ class ConvImpl:
 
 _IMPLS: Dict[str, ConvImpl] = {}
 _AUTOTUNE: Dict[tuple, str] = {}
+_PERSISTED: Dict[str, Dict[str, str]] = {}  # cache file -> {key text: name}
+_RANK_CHOICES: Dict[tuple, str] = {}  # in a process group: rank key -> rank 0's choice
 _autotune_flag: Optional[bool] = None  # None: follow $PELK_MM_CONV_AUTOTUNE
 
 
@@ -103,10 +112,15 @@ def set_autotune(enabled: Optional[bool]) -> None:
     _autotune_flag = enabled
 
 
-def autotune_enabled() -> bool:
+def autotune_enabled(x: Optional[torch.Tensor] = None) -> bool:
+    """Whether ``auto`` times the candidates: :func:`set_autotune`, else ``$PELK_MM_CONV_AUTOTUNE``, else on for
+    CUDA inputs (where the fastest implementation depends on the GPU, dtype and layout) and off on CPU (``cpp``)."""
     if _autotune_flag is not None:
         return _autotune_flag
-    return os.environ.get(AUTOTUNE_ENV_VAR, '0') not in ('', '0')
+    env = os.environ.get(AUTOTUNE_ENV_VAR, '')
+    if env != '':
+        return env != '0'
+    return x is not None and x.device.type == 'cuda'
 
 
 def autotune_cache() -> Dict[tuple, str]:
@@ -115,7 +129,63 @@ def autotune_cache() -> Dict[tuple, str]:
 
 
 def clear_autotune_cache() -> None:
+    """Forget the in-process choices (the cache file is kept; delete it to re-time)."""
     _AUTOTUNE.clear()
+    _PERSISTED.clear()
+    _RANK_CHOICES.clear()
+
+
+def _package_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:  # noqa: BLE001 - not installed
+        return 'none'
+
+
+def autotune_cache_file(device: torch.device) -> str:
+    """The file that keeps the autotune choices across runs: under ``$PELK_MM_CACHE`` (default ``~/.cache/pelk_mm``,
+    where the set-up caches its wheels), one per device model, torch and triton version."""
+    root = os.environ.get('PELK_MM_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'pelk_mm')
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine() or device.type
+    tag = f'{device.type}-{name}-torch{torch.__version__}-triton{_package_version("triton")}'
+    return os.path.join(root, 'autotune', re.sub(r'[^A-Za-z0-9._+-]+', '_', tag) + '.json')
+
+
+def _key_text(key: tuple) -> str:
+    return '|'.join(str(k) for k in key)
+
+
+def _persisted(path: str) -> Dict[str, str]:
+    if path not in _PERSISTED:
+        try:
+            with open(path) as f:
+                _PERSISTED[path] = {str(k): str(v) for k, v in json.load(f).items()}
+        except (OSError, ValueError, AttributeError):
+            _PERSISTED[path] = {}
+    return _PERSISTED[path]
+
+
+def _persist(path: str, choices: Dict[str, str]) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.autotune.', suffix='.tmp', dir=os.path.dirname(path))
+        with os.fdopen(fd, 'w') as f:
+            json.dump(choices, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)  # concurrent writers: the last complete file wins
+    except OSError as err:
+        logger.debug('pelk_mm autotune: cannot write %s: %s', path, err)
+
+
+def _distributed() -> Optional[tuple]:
+    """``(rank, world_size)`` inside an initialised process group of more than one rank, else None."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
 
 
 def autotune_key(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> tuple:
@@ -143,12 +213,17 @@ def _time_once(impl: ConvImpl, x: torch.Tensor, weight: torch.Tensor, grid: Sequ
     return time.perf_counter() - start
 
 
-def _autotune(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], key: tuple) -> ConvImpl:
+def _candidates(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> List[ConvImpl]:
+    # NOTE: the dense reference is only a candidate where it can win: small kernels on CUDA (cuDNN)
+    dense_ok = x.device.type == 'cuda' and sum(grid) <= 31
+    return [i for i in sorted(_IMPLS.values(), key=lambda i: -i.priority)
+            if (i.name != 'dense' or dense_ok) and i.name != 'cumsum' and i.auto(x, weight, grid)]
+
+
+def _time_candidates(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], key: tuple):
     grad = key[-1]
-    candidates = [i for i in sorted(_IMPLS.values(), key=lambda i: -i.priority)
-                  if i.name != 'dense' and i.auto(x, weight, grid)]
     best_name, best = None, float('inf')
-    for impl in candidates:
+    for impl in _candidates(x, weight, grid):
         try:
             if grad and _time_once(impl, x, weight, grid, False) > 5 * best:
                 continue  # its forward alone is far slower than the best forward+backward: skip the backward
@@ -161,9 +236,49 @@ def _autotune(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], key: t
             continue
         if median < best:
             best_name, best = impl.name, median
-    name = best_name or 'dense'
+    return best_name or 'dense', best
+
+
+def _rank_key(key: tuple) -> tuple:
+    """The part of an autotune key that every DDP rank meets at the same call: without ``N, H, W``, which can differ
+    between ranks (multi-scale detection batches, a smaller last batch)."""
+    return key[:2] + (key[3], ) + key[6:]
+
+
+def _autotune(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], key: tuple) -> ConvImpl:
+    """The choice for a new key: from the cache file, else timed; in a process group rank 0 decides and every rank
+    receives its choice, so all DDP ranks run the same implementation.
+
+    NOTE: the broadcast is a collective, so it must happen at the same call on every rank. In a process group the
+    decision is therefore made once per :func:`_rank_key` (device, dtype, channels, grid, layout, grad) -- the first
+    forward of a layer, which all DDP ranks run in the same iteration whatever their input sizes -- from rank 0's
+    first input, and reused for every later size."""
+    dist_info = _distributed()
+    if dist_info is not None and _rank_key(key) in _RANK_CHOICES:
+        _AUTOTUNE[key] = _RANK_CHOICES[_rank_key(key)]
+        return _IMPLS[_AUTOTUNE[key]]
+    name, how = None, 'rank 0'
+    if dist_info is None or dist_info[0] == 0:
+        path = autotune_cache_file(x.device)
+        choices = _persisted(path)
+        stored = choices.get(_key_text(key))
+        if stored in _IMPLS and _IMPLS[stored].auto(x, weight, grid):
+            name, how = stored, f'cache file {path}'
+        else:
+            name, best = _time_candidates(x, weight, grid, key)
+            how = f'timed, {best * 1e3:.3f} ms'
+            choices[_key_text(key)] = name
+            _persist(path, choices)
+    if dist_info is not None:
+        import torch.distributed as dist
+        box = [name]
+        dist.broadcast_object_list(box, src=0)
+        name = box[0] if box[0] in _IMPLS and _IMPLS[box[0]].supports(x, weight, grid) \
+            else _static_choice(x, weight, grid).name
+        how = how if dist_info[0] == 0 else 'from rank 0'
+        _RANK_CHOICES[_rank_key(key)] = name
     _AUTOTUNE[key] = name
-    logger.info('pelk_mm autotune: %s -> %s (%.3f ms)', key, name, best * 1e3)
+    logger.info('pelk_mm autotune: %s -> %s (%s)', key, name, how)
     return _IMPLS[name]
 
 
@@ -200,7 +315,7 @@ def resolve_impl(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], imp
             raise ValueError(f'peripheral conv implementation {impl!r} does not support input '
                              f'{tuple(x.shape)} {x.dtype} on {x.device}; use conv_impl="auto"')
         return chosen
-    if autotune_enabled() and not torch.compiler.is_compiling():
+    if autotune_enabled(x) and not torch.compiler.is_compiling():
         key = autotune_key(x, weight, grid)
         if key in _AUTOTUNE:
             return _IMPLS[_AUTOTUNE[key]]

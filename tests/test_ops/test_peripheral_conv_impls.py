@@ -5,8 +5,13 @@ expansion + ``F.conv2d``), not with the code under test. Tolerances: float64 1e-
 bfloat16 6e-2 (half types: inputs rounded to the half type first, so only the op's own rounding is measured).
 """
 import importlib.util
+import json
 import os
 import random
+import subprocess
+import sys
+import textwrap
+import types
 
 import pytest
 import torch
@@ -283,8 +288,9 @@ def test_bad_inputs_error():
         peripheral_conv2d(x, wt[:, :, :2, :2], (2, 2))
 
 
-def test_autotune_caches_once_per_key(monkeypatch):
+def test_autotune_caches_once_per_key(monkeypatch, tmp_path):
     monkeypatch.delenv('PELK_MM_CONV_IMPL', raising=False)
+    monkeypatch.setenv('PELK_MM_CACHE', str(tmp_path))  # no cache file from an earlier run
     calls = []
     real = pc._time_once
     monkeypatch.setattr(pc, '_time_once', lambda impl, *a: calls.append(impl.name) or real(impl, *a))
@@ -315,6 +321,88 @@ def test_autotune_env_opt_in(monkeypatch):
     assert not pc.autotune_enabled()
     monkeypatch.setenv('PELK_MM_CONV_AUTOTUNE', '1')
     assert pc.autotune_enabled()
+    monkeypatch.delenv('PELK_MM_CONV_AUTOTUNE')
+    assert not pc.autotune_enabled(torch.empty(1))  # CPU: the static choice (cpp) unless asked
+    assert pc.autotune_enabled(types.SimpleNamespace(device=torch.device('cuda')))  # CUDA: timed by default
+
+
+FAKE_MS = {'fft': 1.0, 'box': 2.0, 'cpp': 3.0, 'dense_cl': 4.0, 'triton': 5.0, 'dense': 0.1, 'cumsum': 0.1}
+
+
+def _fake_timings(monkeypatch, times, calls):
+    def fake(impl, x, weight, grid, grad):
+        calls.append(impl.name)
+        return times[impl.name] * 1e-3
+    monkeypatch.setattr(pc, '_time_once', fake)
+
+
+def test_autotune_keeps_the_fastest_and_persists_it(monkeypatch, tmp_path):
+    """With fake timings: the fastest timed candidate wins (never dense on CPU, never the ONNX-only cumsum), the
+    choice lands in the cache file, a new process (in-process cache cleared) reads it without timing, and
+    conv_impl / $PELK_MM_CONV_IMPL still force a choice."""
+    monkeypatch.delenv('PELK_MM_CONV_IMPL', raising=False)
+    monkeypatch.setenv('PELK_MM_CACHE', str(tmp_path))
+    calls = []
+    _fake_timings(monkeypatch, FAKE_MS, calls)
+    clear_autotune_cache()
+    set_autotune(True)
+    try:
+        grid = peripheral_grid(13)
+        x, wt = make(1, 2, 9, 9, grid, torch.float32)
+        assert resolve_impl(x, wt, grid).name == 'fft'
+        assert calls and not {'dense', 'cumsum'} & set(calls)
+        path = pc.autotune_cache_file(x.device)
+        assert path.startswith(str(tmp_path)) and torch.__version__.split('+')[0] in path
+        stored = json.load(open(path))
+        assert stored == {pc._key_text(pc.autotune_key(x, wt, grid)): 'fft'}
+        clear_autotune_cache()
+        calls.clear()
+        assert resolve_impl(x, wt, grid).name == 'fft' and calls == []  # from the file, not re-timed
+        assert resolve_impl(x, wt, grid, 'box').name == 'box'
+        monkeypatch.setenv('PELK_MM_CONV_IMPL', 'dense')
+        assert resolve_impl(x, wt, grid).name == 'dense'
+    finally:
+        set_autotune(None)
+        clear_autotune_cache()
+
+
+AUTOTUNE_WORKER = textwrap.dedent('''
+    import json, os, sys
+    import torch, torch.distributed as dist
+    import pelk_mm.ops.peripheral_conv as pc
+    dist.init_process_group('gloo')
+    rank = dist.get_rank()
+    # each rank its own cache folder and its own (fake) timings: rank 1 alone would pick box
+    os.environ['PELK_MM_CACHE'] = os.path.join(sys.argv[1], f'cache{rank}')
+    times = {'fft': 1.0, 'box': 2.0} if rank == 0 else {'fft': 2.0, 'box': 1.0}
+    calls = []
+    pc._time_once = lambda impl, x, w, g, grad: calls.append(impl.name) or times.get(impl.name, 9.0) * 1e-3
+    pc.set_autotune(True)
+    from pelk_mm.ops import peripheral_grid
+    grid = peripheral_grid(13)
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(2, 1, len(grid), len(grid))
+    y = pc.peripheral_conv2d(x, w, grid)
+    # then a size only rank 1 sees (as multi-scale batches do): no collective, rank 0's choice, no timing
+    other = pc.resolve_impl(torch.randn(3, 2, 11, 7), w, grid).name if rank == 1 else None
+    json.dump(dict(choice=pc.resolve_impl(x, w, grid).name, timed=len(calls), other=other),
+              open(os.path.join(sys.argv[1], f'rank{rank}.json'), 'w'))
+    dist.destroy_process_group()
+''')
+
+
+def test_autotune_choice_is_broadcast_from_rank_0(tmp_path):
+    script = tmp_path / 'worker.py'
+    script.write_text(AUTOTUNE_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env.pop('PELK_MM_CONV_IMPL', None)
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / f'rank{r}.json')) for r in range(2))
+    assert r0['choice'] == r1['choice'] == 'fft'  # rank 0's fastest, on both ranks
+    assert r0['timed'] > 0 and r1['timed'] == 0  # only rank 0 timed
+    assert r1['other'] == 'fft'  # a size only one rank meets reuses the decision (no collective that could hang)
+    assert (tmp_path / 'cache0' / 'autotune').is_dir() and not (tmp_path / 'cache1').exists()
 
 
 # ------------------------------------------------------------------------------------------------ compile
