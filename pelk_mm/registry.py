@@ -9,6 +9,8 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import Registry
 
+from . import compat  # noqa: F401  (safe checkpoint loading for every entry point that builds pelk_mm modules)
+
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='pelk_mm', locations=['pelk_mm.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='pelk_mm', locations=['pelk_mm.engine'])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor', parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,

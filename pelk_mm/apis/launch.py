@@ -30,8 +30,9 @@ import os.path as osp
 import warnings
 from typing import List, Optional, Sequence
 
-import pelk_mm  # noqa: F401  (safe checkpoint loading + pelk_mm.PeLK)
 from mmengine.config import Config, ConfigDict, DictAction
+
+from pelk_mm import compat, models  # noqa: F401  (safe checkpoint loading, pelk_mm.PeLK)
 
 from .check_data import MissingDataError, check_data_paths
 from .errors import one_line

@@ -490,3 +490,17 @@ def test_train_benchmark_smoke(tmp_path):
     proc = subprocess.run([sys.executable, path, '--config', os.path.join(root, 'configs/pelk_t_upernet_ade20k.py')],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and 'classification config' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_ops_import_with_torch_alone():
+    """``import pelk_mm.ops`` (and running the op) in a fresh interpreter loads no OpenMMLab module: the operator
+    package works on a machine with torch (and triton) only."""
+    code = ('import sys, torch\n'
+            'from pelk_mm.ops import peripheral_conv2d, peripheral_grid\n'
+            'g = peripheral_grid(13)\n'
+            'y = peripheral_conv2d(torch.randn(1, 2, 9, 9), torch.randn(2, 1, len(g), len(g)), g, "box")\n'
+            'print(sorted({m.split(".")[0] for m in sys.modules} & {"mmengine", "mmcv", "mmpretrain", "mmseg", '
+            '"mmdet"}))\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == '[]', proc.stdout
