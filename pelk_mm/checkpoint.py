@@ -39,7 +39,7 @@ __all__ = [
     'CheckpointLoadError', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'SAFE_GLOBALS', 'TRUST_ENV',
     'set_trust_checkpoints', 'checkpoints_trusted', 'verify_checkpoint', 'refused_globals',
     'check_checkpoint_safety', 'load_checkpoint_file', 'checkpoint_weights', 'weights_mismatch',
-    'nonfinite_weights', 'check_checkpoint_fits', 'remove_stale_writes', 'atomic_write'
+    'nonfinite_tensors', 'nonfinite_weights', 'check_checkpoint_fits', 'remove_stale_writes', 'atomic_write'
 ]
 
 #: environment variable that lets :func:`load_checkpoint_file` unpickle files the allow-list refuses
@@ -87,7 +87,13 @@ def set_trust_checkpoints(enabled: bool = True) -> None:
 
 
 def checkpoints_trusted() -> bool:
-    return os.environ.get(TRUST_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+    value = os.environ.get(TRUST_ENV, '').strip().lower()
+    if value in ('', '0', 'false', 'no', 'off'):
+        return False
+    if value in ('1', 'true', 'yes', 'on'):
+        return True
+    raise CheckpointLoadError(f'{TRUST_ENV}={os.environ[TRUST_ENV]!r} is neither on nor off. Fix: set it to 1 to '
+                              f'load checkpoints the safe loader refuses (only files you trust), or unset it')
 
 
 def _resolve(name: str):
@@ -135,7 +141,13 @@ def _safe_globals() -> List[Any]:
 
 
 # --------------------------------------------------------------------------------------------------- integrity
-_VERIFIED: Dict[Tuple[str, int, int], bool] = {}
+_VERIFIED: Dict[Tuple[str, int, int], bool] = {}  # files whose every record matched its CRC-32
+_REFUSED: Dict[Tuple[str, int, int], Tuple[str, ...]] = {}  # file -> the globals it names beyond the allow-list
+
+
+def _file_key(path: str) -> Tuple[str, int, int]:
+    stat = os.stat(path)
+    return osp.realpath(path), stat.st_size, stat.st_mtime_ns
 
 
 def _describe(source: Union[str, io.BytesIO]) -> str:
@@ -150,11 +162,10 @@ def verify_checkpoint(source: Union[str, io.BytesIO]) -> None:
     """
     key = None
     if isinstance(source, str):
-        stat = os.stat(source)
-        key = (osp.realpath(source), stat.st_size, stat.st_mtime_ns)
+        key = _file_key(source)
         if key in _VERIFIED:
             return
-        size = stat.st_size
+        size = key[1]
     else:
         size = len(source.getbuffer())
     what = _describe(source)
@@ -209,6 +220,9 @@ def refused_globals(source: Union[str, io.BytesIO]) -> List[str]:
     Read from the pickle's opcodes (``torch.serialization.get_unsafe_globals_in_checkpoint``): nothing in the file
     is executed. Empty for a legacy (non-zip) file, whose globals only show when it is unpickled.
     """
+    key = _file_key(source) if isinstance(source, str) else None
+    if key is not None and key in _REFUSED:
+        return list(_REFUSED[key])  # the config check scanned it already
     if not zipfile.is_zipfile(source):
         return []
     try:
@@ -217,7 +231,10 @@ def refused_globals(source: Union[str, io.BytesIO]) -> List[str]:
         if not isinstance(source, str):
             source.seek(0)
     allowed = _allowed_names()
-    return [n for n in names if n not in allowed]
+    refused = [n for n in names if n not in allowed]
+    if key is not None:
+        _REFUSED[key] = tuple(refused)
+    return refused
 
 
 def _refuse(what: str, refused: List[str]) -> UnsafeCheckpointError:
@@ -352,9 +369,19 @@ def weights_mismatch(model: torch.nn.Module, weights: Dict[str, torch.Tensor],
     return '; '.join(parts)
 
 
-def nonfinite_weights(weights: Dict[str, torch.Tensor]) -> List[str]:
-    """Names of the floating-point tensors that hold NaN or inf."""
-    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def nonfinite_tensors(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """Boolean tensor, one entry per tensor: whether it holds a NaN/inf (one fused reduction per device)."""
+    norms = torch._foreach_norm(tensors, float('inf'))
+    return ~torch.isfinite(torch.stack([n.float() for n in norms]))
+
+
+def nonfinite_weights(weights: Dict[str, Any]) -> List[str]:
+    """Names of the floating-point tensors of ``weights`` that hold NaN or inf (other entries are skipped)."""
+    names = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    flags = nonfinite_tensors([weights[k] for k in names])
+    return [k for k, bad in zip(names, flags.tolist()) if bad]
 
 
 def check_checkpoint_fits(model: torch.nn.Module, checkpoint, what: str) -> None:

@@ -14,7 +14,7 @@ import os.path as osp
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ['MissingDataError', 'find_missing_data', 'check_data_paths', 'check_label_lists', 'check_coco_files',
-           'DATALOADERS_FOR_MODE']
+           'dataset_num_classes', 'DATALOADERS_FOR_MODE']
 
 #: dataloaders each mode builds (the Runner builds val only when validation is on)
 DATALOADERS_FOR_MODE = {
@@ -159,14 +159,31 @@ def _format_message(key: str, path: str, ds, config_name: str, n_more: List[str]
     return msg + '.'
 
 
-def _num_classes(ds) -> Optional[int]:
-    classes = (ds.get('metainfo', None) or {}).get('classes', None) or ds.get('classes', None)
+def dataset_num_classes(dataset_cfg, scope: Optional[str] = None) -> Optional[int]:
+    """Number of classes a dataset config yields: its ``classes`` / ``metainfo.classes`` override (a list, or a file
+    of names as mmpretrain reads it), else the ``METAINFO`` of its class in ``scope``'s registry; None when it cannot
+    be told without reading the data. Wrappers (``RepeatDataset`` ...) are looked through."""
+    if not hasattr(dataset_cfg, 'get'):
+        return None
+    if hasattr(dataset_cfg.get('dataset', None), 'get') and 'classes' not in dataset_cfg:
+        return dataset_num_classes(dataset_cfg['dataset'], scope)
+    classes = (dataset_cfg.get('metainfo', None) or {}).get('classes', None) or dataset_cfg.get('classes', None)
     if isinstance(classes, (list, tuple)):
         return len(classes)
-    if isinstance(classes, str) and osp.isfile(classes):
+    if isinstance(classes, str):
+        if not osp.isfile(classes):
+            return None
         with open(classes) as f:
             return sum(1 for line in f if line.strip())
-    return 1000 if 'ImageNet' in _type_name(ds) and classes is None else None
+    if scope is None:
+        return None
+    import importlib
+    try:
+        cls = importlib.import_module(f'{scope}.registry').DATASETS.get(str(dataset_cfg.get('type', '')))
+    except Exception:  # noqa: BLE001 - an unknown dataset type is reported when it is built
+        return None
+    meta = getattr(cls, 'METAINFO', None) or {}
+    return len(meta['classes']) if meta.get('classes') else None
 
 
 def check_label_lists(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None) -> None:
@@ -191,7 +208,7 @@ def check_label_lists(cfg, mode: str = 'train', dataloaders: Optional[Sequence[s
             path = _join(ds.get('data_root', '') or '', ann)
             if _is_remote(path, ds.get('backend_args', None)) or not osp.isfile(path):
                 continue
-            classes = _num_classes(ds)
+            classes = dataset_num_classes(ds, cfg.get('default_scope', None) or 'mmpretrain')
             fix = (f'each line of {path} must read "<image path relative to the split folder> <label>", separated by '
                    f'one space, with an integer label in [0, {classes if classes else "number of classes"})')
             count = 0

@@ -145,28 +145,6 @@ def _check_drop_path(cfg) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- classes
-def _dataset_classes(dataset_cfg, scope: str) -> Optional[int]:
-    """Number of classes a dataset config yields: its ``classes`` / ``metainfo.classes`` override, else the
-    dataset class's ``METAINFO``; None when it cannot be told without reading the data."""
-    if not hasattr(dataset_cfg, 'get'):
-        return None
-    if 'dataset' in dataset_cfg and 'classes' not in dataset_cfg:  # a wrapper (RepeatDataset, ...)
-        return _dataset_classes(dataset_cfg['dataset'], scope)
-    classes = (dataset_cfg.get('metainfo', None) or {}).get('classes', None) or dataset_cfg.get('classes', None)
-    if isinstance(classes, (list, tuple)):
-        return len(classes)
-    if isinstance(classes, str):
-        return None  # a file of class names: counted by the dataset when it loads
-    import importlib
-    try:
-        datasets = importlib.import_module(f'{scope}.registry').DATASETS
-        cls = datasets.get(str(dataset_cfg.get('type', '')))
-    except Exception:  # noqa: BLE001 - unknown dataset types are reported when it is built
-        return None
-    meta = getattr(cls, 'METAINFO', None) or {}
-    return len(meta['classes']) if meta.get('classes') else None
-
-
 def _head_num_classes(model, scope: str):
     """``(config key, num_classes)`` of the heads that classify into the dataset's classes."""
     out = []
@@ -199,7 +177,8 @@ def _check_num_classes(cfg, mode: str) -> None:
     loader = cfg.get('train_dataloader' if mode == 'train' else f'{mode}_dataloader', None)
     if scope not in ('mmpretrain', 'mmseg', 'mmdet') or not hasattr(loader, 'get'):
         return
-    classes = _dataset_classes(loader.get('dataset', None), scope)
+    from .check_data import dataset_num_classes
+    classes = dataset_num_classes(loader.get('dataset', None), scope)
     if classes is None:
         return
     loader_name = 'train_dataloader' if mode == 'train' else f'{mode}_dataloader'
@@ -208,6 +187,15 @@ def _check_num_classes(cfg, mode: str) -> None:
             _fail(key, f'{num} classes, but {loader_name}.dataset has {classes}',
                   f'set {key}={classes} (and every other head\'s num_classes), or give the dataset the classes the '
                   f'model predicts')
+
+
+def _check_load_from_mismatch(cfg) -> None:
+    value = cfg.get('load_from_mismatch', None)
+    if value is None or isinstance(value, str) and value:
+        return
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        _fail('load_from_mismatch', f'must be a list of weight-name prefixes, got {value!r}',
+              "list the prefixes of the weights load_from may lack, e.g. load_from_mismatch = ['head.']")
 
 
 # --------------------------------------------------------------------------------------------------- options
@@ -225,6 +213,7 @@ def check_option_keys(cfg, options: dict) -> None:
 def check_settings(cfg, mode: str = 'train') -> List[str]:
     """Every check of this module for ``mode`` ('train', 'val', 'test'); returns notes (none so far)."""
     if mode == 'train':
+        _check_load_from_mismatch(cfg)
         _check_schedule(cfg)
         _check_optimizer(cfg)
         _check_drop_path(cfg)

@@ -528,11 +528,13 @@ def check_test_checkpoint(model, path: str) -> None:
     """The checkpoint to evaluate or analyse must be of the model's deploy form (else one line naming both forms
     and the converter), hold every weight in the right shape, and only finite values."""
     from pelk_mm.checkpoint import check_checkpoint_fits, checkpoint_weights, load_checkpoint_file
-    from pelk_mm.models.layers.peripheral_conv import check_state_dict_form
-    checkpoint = load_checkpoint_file(path, map_location='cpu')
+    from pelk_mm.models.layers.peripheral_conv import DeployFormMixin, check_state_dict_form
+    # NOTE: mapped, not read: only the model weights are looked at (not the optimizer state), and the Runner reads
+    # the file again to load it
+    checkpoint = load_checkpoint_file(path, map_location='cpu', mmap=True)
     weights = checkpoint_weights(checkpoint)
     for name, module in model.named_modules():
-        if hasattr(module, 'FORM_KEYS') and hasattr(module, 'deployed'):
+        if isinstance(module, DeployFormMixin):
             check_state_dict_form(module, weights, f'{name}.' if name else '', *module.FORM_KEYS, module.deployed)
     check_checkpoint_fits(model, checkpoint, repr(path))
 
@@ -549,9 +551,10 @@ def check_load_from(runner, cfg) -> List[str]:
     if not path or cfg.get('resume', False):
         return []
     from pelk_mm.checkpoint import checkpoint_weights, load_checkpoint_file, weights_mismatch
-    allowed = tuple(cfg.get(LOAD_FROM_MISMATCH_KEY, None) or ())
+    allowed = cfg.get(LOAD_FROM_MISMATCH_KEY, None) or ()
+    allowed = (allowed, ) if isinstance(allowed, str) else tuple(allowed)  # its type is checked by check_settings
     model = _bare_model(runner.model)
-    weights = checkpoint_weights(load_checkpoint_file(path, map_location='cpu'))
+    weights = checkpoint_weights(load_checkpoint_file(path, map_location='cpu', mmap=True))
     problem = weights_mismatch(model, weights, allowed)
     if problem:
         raise LaunchError(

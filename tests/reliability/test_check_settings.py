@@ -96,3 +96,14 @@ def test_backbone_errors_have_a_fix_for_their_key(options, key, fix):
     with pytest.raises(ConfigValidationError) as err:
         build_backbone_meta(cfg.model.backbone)
     assert err.value.key == key and f'Fix: {fix}' in str(err.value), str(err.value)
+
+
+def test_load_from_mismatch_value_is_checked():
+    cfg = _cfg(CLS)
+    for good in ('head.', ['head.', 'backbone.norm3']):
+        cfg.load_from_mismatch = good
+        check_settings(cfg, 'train')
+    for bad in (3, ['head.', 7], ['']):
+        cfg.load_from_mismatch = bad
+        with pytest.raises(ConfigValidationError, match='load_from_mismatch.*list of weight-name prefixes'):
+            check_settings(cfg, 'train')

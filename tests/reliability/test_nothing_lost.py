@@ -120,6 +120,22 @@ class _Data(Dataset):
         return dict(inputs=self.x[i], labels=self.y[i])
 
 
+def _toy_loader():
+    return dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2, num_workers=0,
+                collate_fn=dict(type='default_collate'))
+
+
+def _toy_runner(work, name, hooks, max_iters, model=_Toy, lr=0.1, checkpoint=None, train_cfg=None, **extra):
+    """A Runner of a toy model on 8 fixed samples (batch 2, iteration-based), checkpoints every 2 iterations."""
+    torch.manual_seed(0)  # the same initial weights in every run
+    return Runner(
+        model=model(), work_dir=str(work), experiment_name=f'{name}_{work.name}', train_dataloader=_toy_loader(),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters, **(train_cfg or {})), custom_hooks=list(hooks),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, **(checkpoint or {}))),
+        randomness=dict(seed=0), log_level='WARNING', **extra)
+
+
 class _PoisonEMA(Hook):
     """After iteration ``at`` the EMA copy's weights become NaN (what a NaN average or a bad swap leaves)."""
     priority = 'LOWEST'
@@ -137,14 +153,7 @@ class _PoisonEMA(Hook):
 
 def test_nan_ema_weights_are_not_saved(tmp_path):
     poison = _PoisonEMA(3)
-    runner = Runner(
-        model=_Toy(), work_dir=str(tmp_path), experiment_name=f'ema_{tmp_path.name}',
-        train_dataloader=dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
-                              num_workers=0, collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)), train_cfg=dict(by_epoch=False, max_iters=4),
-        custom_hooks=[NonFiniteGuardHook(), EMAHook(momentum=0.5), poison],
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2)),
-        randomness=dict(seed=0), log_level='WARNING')
+    runner = _toy_runner(tmp_path, 'ema', [NonFiniteGuardHook(), EMAHook(momentum=0.5), poison], 4)
     with pytest.raises(NonFiniteTrainingError, match='EMA weight tensors hold NaN'):
         runner.train()
     # iteration 2's checkpoint (before the poison) is kept; iteration 4's, with NaN EMA weights, was never written
@@ -316,19 +325,12 @@ class _StopAfterSave(Hook):
 
 def _best_runner(work, resume=False, stop_at=None):
     from pelk_mm.engine.hooks import ResumeStateHook
-    loader = dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
-                  num_workers=0, collate_fn=dict(type='default_collate'))
     hooks = [ResumeStateHook()] + ([_StopAfterSave(stop_at)] if stop_at else [])
-    torch.manual_seed(0)  # the same initial weights in every run
     # lr 1.5 on this regression diverges: every validation scores worse than the first, which is the best
-    return Runner(
-        model=_Regressor(), work_dir=str(work), experiment_name=f'best_{work.name}_{resume}_{stop_at}',
-        train_dataloader=loader, val_dataloader=loader, val_evaluator=Evaluator(_NegMSE()), val_cfg=dict(),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=1.5)),
-        train_cfg=dict(by_epoch=False, max_iters=6, val_interval=2), custom_hooks=hooks,
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, save_best='score',
-                                           rule='greater')),
-        randomness=dict(seed=0), resume=resume, log_level='WARNING')
+    return _toy_runner(work, f'best_{resume}_{stop_at}', hooks, 6, model=_Regressor, lr=1.5,
+                       checkpoint=dict(save_best='score', rule='greater'), train_cfg=dict(val_interval=2),
+                       val_dataloader=_toy_loader(), val_evaluator=Evaluator(_NegMSE()), val_cfg=dict(),
+                       resume=resume)
 
 
 def test_best_checkpoint_after_a_resume_equals_the_uninterrupted_run(tmp_path):
@@ -420,15 +422,7 @@ def test_max_keep_one_fits_on_a_nearly_full_disk(tmp_path, monkeypatch):
         return write(data, filepath, mode, encoding)
 
     monkeypatch.setattr(compat, 'atomic_write', on_small_disk)
-    torch.manual_seed(0)
-    runner = Runner(
-        model=_Toy(), work_dir=str(tmp_path), experiment_name=f'full_{tmp_path.name}',
-        train_dataloader=dict(dataset=_Data(8), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
-                              num_workers=0, collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)), train_cfg=dict(by_epoch=False, max_iters=6),
-        custom_hooks=[ResumeStateHook()],
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2, max_keep_ckpts=1)),
-        randomness=dict(seed=0), log_level='WARNING')
+    runner = _toy_runner(tmp_path, 'full', [ResumeStateHook()], 6, checkpoint=dict(max_keep_ckpts=1))
     runner.train()
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_6.pth']
     assert load_checkpoint_file(str(tmp_path / 'iter_6.pth'))['meta']['iter'] == 6

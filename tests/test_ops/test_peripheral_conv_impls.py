@@ -321,6 +321,9 @@ def test_autotune_env_opt_in(monkeypatch):
     assert not pc.autotune_enabled()
     monkeypatch.setenv('PELK_MM_CONV_AUTOTUNE', '1')
     assert pc.autotune_enabled()
+    monkeypatch.setenv('PELK_MM_CONV_AUTOTUNE', 'sometimes')
+    with pytest.raises(ValueError, match="PELK_MM_CONV_AUTOTUNE='sometimes' is neither on nor off"):
+        pc.autotune_enabled()
     monkeypatch.delenv('PELK_MM_CONV_AUTOTUNE')
     assert not pc.autotune_enabled(torch.empty(1))  # CPU: the static choice (cpp) unless asked
     assert pc.autotune_enabled(types.SimpleNamespace(device=torch.device('cuda')))  # CUDA: timed by default

@@ -359,3 +359,14 @@ def test_damaged_checkpoint_refused_and_resume_falls_back(run_dir, tools):
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert 'resuming from the newest intact checkpoint' in out and str(wd / 'epoch_1.pth') in out
+
+
+def test_trust_variable_with_an_unclear_value_is_an_error(tmp_path, monkeypatch):
+    from pelk_mm.checkpoint import CheckpointLoadError, checkpoints_trusted
+    path, marker = _evil(tmp_path)
+    monkeypatch.setenv(TRUST_ENV, 'maybe')
+    with pytest.raises(CheckpointLoadError, match=f"{TRUST_ENV}='maybe' is neither on nor off"):
+        load_checkpoint_file(str(path))
+    assert not marker.exists()
+    monkeypatch.setenv(TRUST_ENV, 'off')
+    assert not checkpoints_trusted()

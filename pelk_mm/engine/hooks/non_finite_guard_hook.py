@@ -35,6 +35,7 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
+from pelk_mm.checkpoint import nonfinite_tensors, nonfinite_weights
 from pelk_mm.registry import HOOKS
 
 __all__ = ['NonFiniteGuardHook', 'NonFiniteTrainingError']
@@ -42,12 +43,6 @@ __all__ = ['NonFiniteGuardHook', 'NonFiniteTrainingError']
 
 class NonFiniteTrainingError(RuntimeError):
     """Training stopped because of repeated non-finite losses/gradients (``str(err)`` is the one-line message)."""
-
-
-def _nonfinite_tensors(tensors) -> torch.Tensor:
-    """Boolean tensor, one entry per tensor: whether it holds a NaN/inf (one fused reduction per device)."""
-    norms = torch._foreach_norm(tensors, float('inf'))
-    return ~torch.isfinite(torch.stack([n.float() for n in norms]))
 
 
 def _fmt_iters(first: int, last: int) -> str:
@@ -142,7 +137,7 @@ class NonFiniteGuardHook(Hook):
         bad_grads = False
         if self.check_grads and not is_amp:
             grads = self._grads(wrapper)
-            bad_grads = bool(grads) and bool(_nonfinite_tensors(grads).any())
+            bad_grads = bool(grads) and bool(nonfinite_tensors(grads).any())
         if not (any_rank_bad_loss or bad_grads):
             return None
         parts = []
@@ -252,13 +247,6 @@ class NonFiniteGuardHook(Hook):
                 wrapper.__dict__.pop(name, None)
         self._wrapped = []
 
-    def _nonfinite(self, state: dict) -> List[str]:
-        names = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
-        if not names:
-            return []
-        flags = _nonfinite_tensors([state[k] for k in names])
-        return [k for k, f in zip(names, flags.tolist()) if f] if bool(flags.any()) else []
-
     @staticmethod
     def _ema_states(runner) -> List[dict]:
         # NOTE: the EMA weights are checked on the EMA model itself: EMAHook swaps them into the checkpoint after
@@ -271,7 +259,7 @@ class NonFiniteGuardHook(Hook):
             return
         for what, state in [('weight', checkpoint.get('state_dict', {}))] + \
                 [('EMA weight', s) for s in self._ema_states(runner)]:
-            bad = self._nonfinite(state)
+            bad = nonfinite_weights(state)
             if bad:
                 raise NonFiniteTrainingError(
                     f'pelk_mm.NonFiniteGuardHook refused to save a checkpoint at iteration {runner.iter + 1}: '
@@ -283,7 +271,7 @@ class NonFiniteGuardHook(Hook):
         if not self.check_checkpoint:
             return
         for state in self._ema_states(runner):
-            bad = self._nonfinite(state)
+            bad = nonfinite_weights(state)
             if bad:
                 raise NonFiniteTrainingError(
                     f'pelk_mm.NonFiniteGuardHook stopped before validating at iteration {runner.iter}: {len(bad)} '
@@ -292,7 +280,7 @@ class NonFiniteGuardHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in ('state_dict', 'ema_state_dict'):
-            bad = self._nonfinite(checkpoint.get(key, None) or {})
+            bad = nonfinite_weights(checkpoint.get(key, None) or {})
             if bad:
                 raise NonFiniteTrainingError(
                     f'pelk_mm.NonFiniteGuardHook: the checkpoint\'s {key} holds NaN/inf in {len(bad)} tensors '

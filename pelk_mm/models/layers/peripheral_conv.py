@@ -79,7 +79,35 @@ def centre_cell_start(grid: Sequence[int], small_kernel: int) -> Optional[int]:
     return first
 
 
-class PeripheralConv2d(BaseModule):
+class DeployFormMixin:
+    """The switch between train and deploy form shared by the large-kernel mixers.
+
+    A subclass names ``FORM_KEYS`` (a state-dict key only its train form has, one only its deploy form has) and
+    ``TRAIN_MODULES`` (what the deploy form drops), and implements ``_build_deploy_form()``.
+    """
+
+    FORM_KEYS: Tuple[str, str]
+    TRAIN_MODULES: Tuple[str, ...]
+
+    def _become_deployed(self, values: Dict[str, torch.Tensor], ref: torch.Tensor) -> None:
+        """Drop the train-form modules, build the deploy form and set its parameters to ``values``, on the device
+        and in the dtype of ``ref`` (a train-form weight)."""
+        for name in self.TRAIN_MODULES:
+            if hasattr(self, name):
+                delattr(self, name)
+        self._build_deploy_form()
+        self.to(device=ref.device)
+        for name, value in values.items():
+            self.get_parameter(name).data = value.to(device=ref.device, dtype=ref.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        check_state_dict_form(self, state_dict, prefix, *self.FORM_KEYS, self.deployed)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class PeripheralConv2d(DeployFormMixin, BaseModule):
     """Depthwise peripheral convolution with its BatchNorm and an optional parallel small-kernel branch.
 
     ``y = BN(PeriConv(x) [+ KPE term]) + BN_s(DWConv_s(x))``. The ``K x K`` kernel is parameterised by a
@@ -127,6 +155,7 @@ class PeripheralConv2d(BaseModule):
 
     #: ``(key only the train form has, key only the deploy form has)``, relative to the module's prefix
     FORM_KEYS = ('weight', 'reparam_weight')
+    TRAIN_MODULES = ('weight', 'norm', 'small_conv', 'small_norm')
 
     def __init__(self,
                  channels: int,
@@ -324,21 +353,7 @@ class PeripheralConv2d(BaseModule):
         """
         if self.deployed:
             return
-        values = self.reparameterized(kpe)
-        ref = self.weight
-        for name in ('weight', 'norm', 'small_conv', 'small_norm'):
-            if hasattr(self, name):
-                delattr(self, name)
-        self._build_deploy_form()
-        self.to(device=ref.device)
-        for name, value in values.items():
-            self.get_parameter(name).data = value.to(device=ref.device, dtype=ref.dtype)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        check_state_dict_form(self, state_dict, prefix, *self.FORM_KEYS, self.deployed)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        self._become_deployed(self.reparameterized(kpe), self.weight)
 
 
 class DenseLargeKernelConv2d(PeripheralConv2d):

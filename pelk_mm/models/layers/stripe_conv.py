@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
-from .peripheral_conv import CONV_TYPES, _fuse_bn, check_state_dict_form
+from .peripheral_conv import CONV_TYPES, DeployFormMixin, _fuse_bn
 
 
 def _check_odd(name: str, value, upper: Optional[int] = None, upper_name: str = '') -> None:
@@ -30,7 +30,7 @@ def _check_odd(name: str, value, upper: Optional[int] = None, upper_name: str = 
         raise ValueError(f'{name}={value} must not exceed {upper_name}={upper}')
 
 
-class StripeConv2d(BaseModule):
+class StripeConv2d(DeployFormMixin, BaseModule):
     """Depthwise stripe large kernel (SLaK): ``BN(DW_{K x s}(x)) + BN(DW_{s x K}(x)) [+ BN(DW_{k_s x k_s}(x))]``.
 
     Per channel it has ``2 * K * s`` large-kernel parameters instead of ``K * K`` (7 -> 51 grows them 7.3x,
@@ -66,6 +66,7 @@ class StripeConv2d(BaseModule):
 
     #: ``(key only the train form has, key only the deploy form has)``, relative to the module's prefix
     FORM_KEYS = ('conv_h.weight', 'conv_h_reparam.weight')
+    TRAIN_MODULES = ('conv_h', 'norm_h', 'conv_w', 'norm_w', 'small_conv', 'small_norm')
 
     def __init__(self,
                  channels: int,
@@ -221,21 +222,7 @@ class StripeConv2d(BaseModule):
         if kpe is not None:
             raise ValueError('StripeConv2d.switch_to_deploy got a kernel-wise positional embedding but the stripe '
                              'kernel supports none (kpe_mode=None)')
-        values = self.reparameterized()
-        ref = self.conv_h.weight
-        for name in ('conv_h', 'norm_h', 'conv_w', 'norm_w', 'small_conv', 'small_norm'):
-            if hasattr(self, name):
-                delattr(self, name)
-        self._build_deploy_form()
-        self.to(device=ref.device)
-        for name, value in values.items():
-            self.get_parameter(name).data = value.to(device=ref.device, dtype=ref.dtype)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        check_state_dict_form(self, state_dict, prefix, *self.FORM_KEYS, self.deployed)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        self._become_deployed(self.reparameterized(), self.conv_h.weight)
 
 
 CONV_TYPES['stripe'] = StripeConv2d
