@@ -230,3 +230,19 @@ def test_peripheral_conv_parameter_reduction_in_backbone():
     shared = sum(c.weight.numel() for c in convs)
     dense = sum(c.channels * c.kernel_size ** 2 for c in convs)
     assert shared / dense < 0.12
+
+
+def test_kernel_and_center_size_overrides():
+    m = PeLK(arch='tiny', kernel_sizes=[13, 11, 9, 5], center_sizes=[1, 3, 3, 5], out_indices=(0, 1, 2, 3))
+    assert m.kernel_sizes == [13, 11, 9, 5] and m.center_sizes == [1, 3, 3, 5]
+    assert m.depths == [3, 3, 9, 3] and m.channels == [124, 249, 499, 998]
+    convs = [stage[0].token_mixer.conv for stage in m.stages]
+    assert [c.kernel_size for c in convs] == [13, 11, 9, 5]
+    assert [c.center_size for c in convs] == [1, 3, 3, 5]
+    assert PeLK.resolve_arch('tiny-101', center_sizes=[5] * 4) == dict(
+        PeLK.arch_settings['tiny-101'], center_sizes=[5] * 4)
+    # an override is checked like an arch entry
+    with pytest.raises(ValueError, match=r"kernel_sizes'\]=\[51, 49\] has 2 entries"):
+        PeLK(kernel_sizes=[51, 49])
+    with pytest.raises(ValueError, match='center_sizes must be a list'):
+        PeLK(center_sizes=5)

@@ -126,9 +126,14 @@ class PeLK(BaseModule):
     ===========  ==============  ======================  =================  ============
 
     A dict arch needs ``depths``, ``channels`` and ``kernel_sizes`` (``center_sizes`` defaults to 5 per stage).
+    ``kernel_sizes`` / ``center_sizes`` override the arch's per stage, so an ablation changes one line
+    (``backbone=dict(center_sizes=[1, 1, 1, 1])``) instead of re-spelling the arch.
 
     Args:
         arch (str | dict): Architecture name or dict. Defaults to ``'tiny'``.
+        kernel_sizes (Sequence[int], optional): Per-stage kernel sizes replacing the arch's. Defaults to None.
+        center_sizes (Sequence[int], optional): Per-stage sizes of the unshared centre replacing the arch's.
+            Defaults to None.
         in_channels (int): Input image channels. Defaults to 3.
         stem_patch_size (int): Stem conv kernel and stride. Defaults to 4.
         base (int): Peripheral grid growth base. Defaults to 2.
@@ -177,6 +182,8 @@ class PeLK(BaseModule):
 
     def __init__(self,
                  arch='tiny',
+                 kernel_sizes: Optional[Sequence[int]] = None,
+                 center_sizes: Optional[Sequence[int]] = None,
                  in_channels: int = 3,
                  stem_patch_size: int = 4,
                  base: int = 2,
@@ -202,7 +209,7 @@ class PeLK(BaseModule):
                      dict(type='Constant', layer=['LayerNorm'], val=1., bias=0.),
                  ]):
         super().__init__(init_cfg=init_cfg)
-        arch = self._parse_arch(arch)
+        arch = self.resolve_arch(arch, kernel_sizes, center_sizes)
         self.arch = arch
         self.depths = list(arch['depths'])
         self.channels = list(arch['channels'])
@@ -260,14 +267,28 @@ class PeLK(BaseModule):
         self._freeze_stages()
 
     # ------------------------------------------------------------------ argument parsing
-    def _parse_arch(self, arch) -> dict:
+    @classmethod
+    def resolve_arch(cls, arch='tiny', kernel_sizes: Optional[Sequence[int]] = None,
+                     center_sizes: Optional[Sequence[int]] = None) -> dict:
+        """The checked arch dict (``depths``, ``channels``, ``kernel_sizes``, ``center_sizes``) that ``arch`` and
+        the per-stage overrides describe."""
+        arch = cls._parse_arch(arch)
+        for key, value in (('kernel_sizes', kernel_sizes), ('center_sizes', center_sizes)):
+            if value is not None:
+                if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                    raise ValueError(f'{key} must be a list with one entry per stage, got {key}={value!r}')
+                arch[key] = list(value)
+        return cls._parse_arch(arch)
+
+    @classmethod
+    def _parse_arch(cls, arch) -> dict:
         if isinstance(arch, str):
-            name = self.arch_aliases.get(arch.lower(), arch.lower())
-            if name not in self.arch_settings:
+            name = cls.arch_aliases.get(arch.lower(), arch.lower())
+            if name not in cls.arch_settings:
                 raise ValueError(f'unknown PeLK arch {arch!r}; choose one of '
-                                 f'{sorted(self.arch_settings) + sorted(self.arch_aliases)} or pass a dict with '
+                                 f'{sorted(cls.arch_settings) + sorted(cls.arch_aliases)} or pass a dict with '
                                  f'depths, channels and kernel_sizes')
-            return copy.deepcopy(self.arch_settings[name])
+            return copy.deepcopy(cls.arch_settings[name])
         if not isinstance(arch, dict):
             raise ValueError(f'arch must be a str or a dict, got {type(arch).__name__}: {arch!r}')
         missing = {'depths', 'channels', 'kernel_sizes'} - set(arch)
