@@ -57,7 +57,8 @@ def parse_args(argv=None):
 def _from_config(args, parser) -> None:
     """Fill the backbone kwargs, image size, batch size and classes from ``args.config`` (explicit flags win)."""
     sys.path.insert(0, ROOT)
-    from pelk_mm.apis.launch import LaunchError, load_config
+    from pelk_mm.config import load_config
+    from pelk_mm.errors import LaunchError
     try:
         cfg = load_config(args.config)
     except LaunchError as err:

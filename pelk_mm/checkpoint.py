@@ -35,8 +35,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from .errors import CheckpointLoadError, CorruptCheckpointError, DiskFullError, UnsafeCheckpointError
+
 __all__ = [
-    'CheckpointLoadError', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'SAFE_GLOBALS', 'TRUST_ENV',
+    'SAFE_GLOBALS', 'TRUST_ENV',
     'set_trust_checkpoints', 'checkpoints_trusted', 'verify_checkpoint', 'refused_globals',
     'check_checkpoint_safety', 'load_checkpoint_file', 'checkpoint_weights', 'weights_mismatch',
     'nonfinite_tensors', 'nonfinite_weights', 'check_checkpoint_fits', 'remove_stale_writes', 'atomic_write'
@@ -63,18 +65,6 @@ _NUMPY_DTYPE_CLASSES = re.compile(r'^[A-Za-z0-9]+DType$')
 
 _FIX_DAMAGED = ('use an intact copy of the file (download or copy it again), or an earlier epoch_*.pth / '
                 'iter_*.pth in the same work_dir')
-
-
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint exists but cannot be used (unreadable, damaged or refused); ``str(err)`` is one line."""
-
-
-class CorruptCheckpointError(CheckpointLoadError):
-    """The file is truncated, or a record's data do not match its stored CRC-32."""
-
-
-class UnsafeCheckpointError(CheckpointLoadError):
-    """Unpickling the file would call a global outside :data:`SAFE_GLOBALS` (it could run code)."""
 
 
 # --------------------------------------------------------------------------------------------------- trust opt-in
@@ -446,7 +436,6 @@ def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
 
 
 def _disk_full(filepath: str, folder: str, size: int):
-    from pelk_mm.errors import DiskFullError
     import shutil
     free = shutil.disk_usage(folder).free
     return DiskFullError(

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .checkpoint import CheckpointLoadError, atomic_write, load_checkpoint_file  # noqa: F401 (re-exported)
+from .checkpoint import atomic_write, load_checkpoint_file
 from .errors import DataFileError
 
 __all__ = ['apply', 'apply_launcher_patches', 'elastic_attempt_store', 'WRITTEN_FOR']

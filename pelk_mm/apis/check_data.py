@@ -13,6 +13,8 @@ import os
 import os.path as osp
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from pelk_mm.errors import DataFileError, MissingDataError
+
 __all__ = ['MissingDataError', 'find_missing_data', 'check_data_paths', 'check_label_lists', 'check_coco_files',
            'dataset_num_classes', 'DATALOADERS_FOR_MODE']
 
@@ -22,18 +24,6 @@ DATALOADERS_FOR_MODE = {
     'val': ('val_dataloader', ),
     'test': ('test_dataloader', ),
 }
-
-
-class MissingDataError(FileNotFoundError):
-    """A dataset path named in the config does not exist. ``str(err)`` is the user-facing paragraph."""
-
-    def __init__(self, message: str, key: str, path: str):
-        super().__init__(message)
-        self.key = key
-        self.path = path
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 def _is_remote(path: str, backend_args: Optional[dict]) -> bool:
@@ -191,7 +181,6 @@ def check_label_lists(cfg, mode: str = 'train', dataloaders: Optional[Sequence[s
     ``ann_file``): a line without a label, a label that is not an integer or is outside ``[0, classes)``, or a
     list without images raises :class:`pelk_mm.errors.DataFileError` naming the file and the line (mmpretrain
     fails on these deep inside the dataset, or trains on an out-of-range label until the loss crashes)."""
-    from pelk_mm.errors import DataFileError
     for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
         loader = cfg.get(loader_key, None)
         if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
@@ -266,7 +255,6 @@ def check_coco_files(cfg, mode: str = 'train', dataloaders: Optional[Sequence[st
     entry (pycocotools and mmdet fail on these with a bare ``KeyError``)."""
     import json
 
-    from pelk_mm.errors import DataFileError
     for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
         loader = cfg.get(loader_key, None)
         if not hasattr(loader, 'get') or loader.get('dataset', None) is None:

@@ -9,31 +9,17 @@ a misspelt key gets the closest valid name.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import numbers
-from typing import Iterable, List, Optional, Set
+from typing import List, Optional, Set
 
-__all__ = ['check_settings', 'check_option_keys', 'RUNNER_KEYS']
+from pelk_mm.config import closest_name
+from pelk_mm.errors import ConfigValidationError
 
-#: top-level keys that mmengine's ``Runner.from_cfg``, the codebases' tools and pelk_mm read (besides the
-#: config's own variables)
-RUNNER_KEYS = frozenset({
-    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg', 'val_cfg', 'test_cfg',
-    'auto_scale_lr', 'optim_wrapper', 'param_scheduler', 'val_evaluator', 'test_evaluator', 'default_hooks',
-    'custom_hooks', 'data_preprocessor', 'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level',
-    'visualizer', 'default_scope', 'randomness', 'experiment_name', 'cfg', 'runner_type', 'custom_imports',
-    'model_wrapper_cfg', 'compile', 'tta_model', 'tta_pipeline', 'demo_data', 'load_from_mismatch'})
-
+__all__ = ['check_settings']
 
 def _fail(key: str, problem: str, fix: str):
-    from .validate import ConfigValidationError
     raise ConfigValidationError(f'config key `{key}`: {problem}. Fix: {fix}', key)
-
-
-def _closest(name: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ''
 
 
 def _init_keys(cls, skip=('self', 'runner', 'dataloader', 'params'), open_ok: bool = False) -> Optional[Set[str]]:
@@ -49,7 +35,7 @@ def _init_keys(cls, skip=('self', 'runner', 'dataloader', 'params'), open_ok: bo
 def _check_keys(section: dict, prefix: str, valid: Set[str], what: str) -> None:
     for key in section:
         if key not in valid:
-            _fail(f'{prefix}.{key}', f'{what} has no setting {key!r}{_closest(key, valid)}',
+            _fail(f'{prefix}.{key}', f'{what} has no setting {key!r}{closest_name(key, valid)}',
                   f'use one of {", ".join(sorted(valid))}')
 
 
@@ -199,17 +185,6 @@ def _check_load_from_mismatch(cfg) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- options
-def check_option_keys(cfg, options: dict) -> None:
-    """``--cfg-options`` whose top-level key is neither in the config nor read by the Runner: a misspelling that
-    mmengine would add as a new, unused key (``trian_cfg.max_epochs=1`` runs all epochs)."""
-    known = set(cfg.keys()) | RUNNER_KEYS
-    for option in options:
-        top = option.split('.')[0]
-        if top not in known:
-            _fail(top, f'--cfg-options {option}=...: the config has no key {top!r}{_closest(top, known)}, and '
-                  f'mmengine would add it without using it', 'spell the key as the config does')
-
-
 def check_settings(cfg, mode: str = 'train') -> List[str]:
     """Every check of this module for ``mode`` ('train', 'val', 'test'); returns notes (none so far)."""
     if mode == 'train':

@@ -109,7 +109,7 @@ def build_model_for_analysis(cfg, mask_rois: Optional[int] = None) -> Tuple[nn.M
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
 
-    from .launch import get_codebase, register_codebase
+    from pelk_mm.config import get_codebase, register_codebase
     codebase = get_codebase(cfg)
     register_codebase(codebase)
     init_default_scope(codebase)
@@ -248,8 +248,8 @@ def load_weights(model: nn.Module, checkpoint: str) -> None:
     lacks weights of the model or holds them in another shape is refused in one line."""
     from mmengine.runner import load_checkpoint
 
-    from .launch import check_test_checkpoint
-    check_test_checkpoint(model, checkpoint)
+    from pelk_mm.models import check_model_checkpoint
+    check_model_checkpoint(model, checkpoint)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='silent')
 
 

@@ -27,58 +27,26 @@ import importlib
 import logging
 import os
 import os.path as osp
-import warnings
 from typing import List, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict, DictAction
 
-from pelk_mm import compat, models  # noqa: F401  (safe checkpoint loading, pelk_mm.PeLK)
+from pelk_mm import compat  # noqa: F401  (safe checkpoint loading, atomic writes)
 
-from .check_data import MissingDataError, check_data_paths
-from .errors import one_line
+from pelk_mm.config import get_codebase, load_config, merge_cfg_options, register_codebase
+from pelk_mm.errors import LaunchError, MissingDataError
+from pelk_mm.models import check_model_checkpoint  # also registers pelk_mm.PeLK
+
+from .check_data import check_data_paths
 
 __all__ = [
-    'CODEBASES', 'LaunchError', 'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'check_launcher', 'check_load_from',
-    'get_codebase', 'register_codebase', 'build_train_parser', 'build_test_parser', 'parse_train_args', 'parse_test_args', 'load_config', 'merge_train_args', 'merge_test_args', 'amp_device_available',
-    'resolve_amp', 'prepare_data', 'build_runner', 'train', 'test', 'train_main', 'test_main'
+    'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'build_train_parser', 'build_test_parser',
+    'parse_train_args', 'parse_test_args', 'merge_train_args', 'merge_test_args', 'amp_device_available',
+    'resolve_amp', 'prepare_data', 'build_runner', 'check_launcher', 'check_load_from', 'train', 'test',
+    'train_main', 'test_main'
 ]
 
-#: default_scope -> pip distribution that provides it
-CODEBASES = {'mmpretrain': 'mmpretrain', 'mmseg': 'mmsegmentation', 'mmdet': 'mmdet'}
-
 _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
-
-
-class LaunchError(RuntimeError):
-    """A bad command line or config for the launcher; ``str(err)`` is the message shown to the user."""
-
-
-# --------------------------------------------------------------------------------------------------- codebases
-def get_codebase(cfg, config_name: str = '') -> str:
-    """The codebase a config belongs to, from its ``default_scope``."""
-    scope = cfg.get('default_scope', None)
-    where = f'config {config_name} ' if config_name else 'the config '
-    if scope is None:
-        raise LaunchError(
-            f'{where}has no `default_scope`, so pelk_mm\'s tools cannot tell whether it is an mmpretrain, mmseg or '
-            f'mmdet config. Inherit the codebase\'s _base_/default_runtime.py or set '
-            f'default_scope = \'mmpretrain\' | \'mmseg\' | \'mmdet\' in the config')
-    if scope not in CODEBASES:
-        raise LaunchError(
-            f'{where}has default_scope={scope!r}; pelk_mm\'s tools support {sorted(CODEBASES)}. Set '
-            f'default_scope to the codebase whose models/datasets the config uses')
-    return scope
-
-
-def register_codebase(scope: str) -> None:
-    """Import the codebase and register all its modules (without touching the default scope)."""
-    try:
-        utils = importlib.import_module(f'{scope}.utils')
-    except ImportError as err:
-        raise LaunchError(
-            f'the config has default_scope={scope!r} but {scope} cannot be imported ({err}). Install it with '
-            f'`bash tools/setup.sh` or `pip install {CODEBASES[scope]}`') from err
-    utils.register_all_modules(init_default_scope=False)
 
 
 # --------------------------------------------------------------------------------------------------- parsers
@@ -176,34 +144,6 @@ def parse_test_args(argv: Optional[Sequence[str]] = None):
     if args.out_item is not None and args.out is None:
         build_test_parser().error('--out-item needs --out (the file to write)')
     return _finish_args(args)
-
-
-def load_config(path: str) -> Config:
-    """``Config.fromfile`` with one clear error naming the file for a missing file, a syntax error, a missing
-    ``_base_`` or an inheritance conflict (mmengine raises those from deep inside its parser)."""
-    if not osp.isfile(path):
-        raise LaunchError(f'config file {path!r} does not exist')
-    try:
-        with warnings.catch_warnings():
-            # mmengine resolves `mmpretrain::`-style bases through pkg_resources (setuptools<81 is pinned for it),
-            # which announces its own deprecation on every reload
-            warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
-            return Config.fromfile(path)
-    except Exception as err:  # noqa: BLE001 - everything fromfile raises is a problem of the config files
-        raise LaunchError(f'cannot load config {path!r}: {one_line(err, with_type=True)}') from err
-
-
-def merge_cfg_options(cfg: Config, options: dict) -> None:
-    """``cfg.merge_from_dict(options)`` with a one-line error naming the ``--cfg-options`` that do not fit (or whose
-    top-level key the config does not have: a misspelling mmengine would add unused)."""
-    from .check_settings import check_option_keys
-    check_option_keys(cfg, options)
-    try:
-        cfg.merge_from_dict(options)
-    except Exception as err:  # noqa: BLE001 - a key/type conflict between the options and the config
-        opts = ' '.join(f'{k}={v!r}' for k, v in options.items())
-        raise LaunchError(f'--cfg-options {opts} cannot be merged into the config: '
-                          f'{one_line(err, with_type=True)}') from err
 
 
 # --------------------------------------------------------------------------------------------------- merging
@@ -524,21 +464,6 @@ def _bare_model(model):
     return model
 
 
-def check_test_checkpoint(model, path: str) -> None:
-    """The checkpoint to evaluate or analyse must be of the model's deploy form (else one line naming both forms
-    and the converter), hold every weight in the right shape, and only finite values."""
-    from pelk_mm.checkpoint import check_checkpoint_fits, checkpoint_weights, load_checkpoint_file
-    from pelk_mm.models.layers.peripheral_conv import DeployFormMixin, check_state_dict_form
-    # NOTE: mapped, not read: only the model weights are looked at (not the optimizer state), and the Runner reads
-    # the file again to load it
-    checkpoint = load_checkpoint_file(path, map_location='cpu', mmap=True)
-    weights = checkpoint_weights(checkpoint)
-    for name, module in model.named_modules():
-        if isinstance(module, DeployFormMixin):
-            check_state_dict_form(module, weights, f'{name}.' if name else '', *module.FORM_KEYS, module.deployed)
-    check_checkpoint_fits(model, checkpoint, repr(path))
-
-
 #: config key: prefixes of model weights that ``load_from`` may lack or hold in another shape (fine-tuning)
 LOAD_FROM_MISMATCH_KEY = 'load_from_mismatch'
 
@@ -601,7 +526,7 @@ def test(args):
     cfg = merge_test_args(cfg, args)
     codebase, info, _ = _prepare(cfg, args, 'test')
     runner = build_runner(cfg, codebase)
-    check_test_checkpoint(_bare_model(runner.model), args.checkpoint)
+    check_model_checkpoint(_bare_model(runner.model), args.checkpoint)
     _log(runner, info, logging.INFO)
     if args.out and codebase == 'mmpretrain' and args.out_item in ('pred', None):
         from mmengine.evaluator import DumpResults
@@ -619,7 +544,7 @@ def test(args):
 def _run_cli(fn, args) -> int:
     from pelk_mm.compat import apply_launcher_patches
     apply_launcher_patches()  # CPU/gloo launcher and elastic rendezvous: needed by these entry points only
-    from .errors import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
+    from .cli import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
     import torch.distributed as torch_dist
     try:
         rc = run_cli(fn, args)

@@ -27,6 +27,8 @@ import os.path as osp
 import re
 from typing import List, Optional, Tuple
 
+from pelk_mm.errors import CheckpointLoadError, ConfigValidationError, UnsafeCheckpointError
+
 from .check_data import check_data_paths
 
 __all__ = ['ConfigValidationError', 'validate_config', 'backbone_out_channels', 'check_checkpoint_file',
@@ -34,17 +36,6 @@ __all__ = ['ConfigValidationError', 'validate_config', 'backbone_out_channels', 
            'resolve_resume']
 
 _PELK_TYPES = ('pelk_mm.PeLK', 'PeLK')
-
-
-class ConfigValidationError(ValueError):
-    """A config value that cannot work. ``key`` is the dotted config key; ``str(err)`` is the one-line message."""
-
-    def __init__(self, message: str, key: str = ''):
-        super().__init__(message)
-        self.key = key
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 def _fail(key: str, problem: str, fix: str):
@@ -224,8 +215,7 @@ def check_checkpoint_file(path: str, key: str, missing_fix: Optional[str] = None
     if size == 0:
         _fail(key, f'checkpoint {path!r} is empty (0 bytes)', 'use an intact checkpoint, e.g. an earlier '
               'epoch_*.pth / iter_*.pth in the same folder')
-    from pelk_mm.checkpoint import (CheckpointLoadError, UnsafeCheckpointError, check_checkpoint_safety,
-                                    verify_checkpoint)
+    from pelk_mm.checkpoint import check_checkpoint_safety, verify_checkpoint
     try:
         verify_checkpoint(path)  # every record's CRC-32 (cached: the load that follows does not repeat it)
         check_checkpoint_safety(path)  # refused globals, from the pickle's opcodes (nothing runs)
@@ -423,7 +413,7 @@ def _check_pretrained(cfg, backbone) -> None:
             'train or download the ImageNet-1k PeLK checkpoint and put it there (README "Pretrained weights"), '
             'point the key at your copy with --cfg-options model.backbone.init_cfg.checkpoint=/path/to.pth, or '
             'train from scratch with --cfg-options model.backbone.init_cfg=None'))
-        from pelk_mm.checkpoint import CheckpointLoadError, UnsafeCheckpointError, load_checkpoint_file
+        from pelk_mm.checkpoint import load_checkpoint_file
         try:
             ckpt = load_checkpoint_file(path, map_location='cpu')
         except UnsafeCheckpointError:

@@ -1,29 +1,37 @@
 """Triton implementation (CUDA; on CPU only through the interpreter, ``TRITON_INTERPRET=1``, for tests).
 
-Forward = two structure-aware kernels, no K x K loop:
+Fused kernels (:mod:`._triton_kernels`), no ``K x K`` loop and no ``k'``-times intermediate in memory:
 
-1. ``_rowbox_contract``: one program per (image row, W-tile). For each W-cell ``b`` it sums the cell's taps of the row
-   (``K`` loads per pixel in total) and adds ``w[c, :, b] (outer) rowbox_b`` into a ``(Gh, BW)`` register tile:
-   ``T[n, c, h, a, j] = sum_b w[c, a, b] * sum_{v in cell b} x[n, c, h, j + v]``.
-2. ``_colbox``: one program per (output row, W-tile): ``y[i, j] = sum_a sum_{u in cell a} T[i + u, a, j]``.
+* forward: one kernel, one program per ``(n * C + c, row block, column tile)``: input rows streamed with their halo,
+  W-cell box sums from prefix sums (O(1) per cell), the ``k' x k'`` contraction and the H-cell box sums in
+  registers; only ``y`` is written.
+* grad-input: the same kernel on the mirrored cells with the flipped weights.
+* grad-weight: one kernel writing a ``k' x k'`` float32 partial per program (a chunk of images x a row/column tile
+  of one channel), summed over the programs in a fixed order (``torch.sum`` over the partials): the same bits on
+  every run.
 
-Accumulation is float32 (float64 for float64 inputs). grad_x reuses the forward on the mirrored kernel; grad_w
-is the box-summed correlation ``sum V_a R_b`` done with PyTorch matmuls (cuBLAS) - see :func:`grad_weight_torch`.
-The op is a ``torch.library`` custom op, so ``torch.compile`` treats it as one opaque node.
+Accumulation is float32 for float32/bfloat16/float16 inputs and float64 for float64. The kernels read and write
+through the tensors' strides: NCHW, channels_last and channel slices are used in place, and the output has the
+memory format of the input (``torch.empty_like``). The ops are ``torch.library`` custom ops, so ``torch.compile``
+treats each as one opaque node.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 
 from ._cells import axis_cells, crop_weight, mirror_cells, save_cells_context
-from ._impl_torch import band_left, band_right
 
-_BW = 32  # W-tile width
+_BLOCK_ELEMS = 8192  # elements of the forward's (k'_h, k'_w, BW) register block of the contraction
+_GRAD_W_BLOCK_ELEMS = 4096  # grad-weight: the (k'_h, k'_w, BW) accumulator and its update are both live
+_MAX_BH = 64  # output rows per program
+_MAX_BW = 32  # output columns per program
+_GRAD_W_PROGRAMS = 1024  # grad-weight: images per program chosen so that about this many programs run
 
 
 def triton_available() -> bool:
@@ -36,114 +44,141 @@ def interpreter_mode() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool):
-    """Define the kernels lazily (``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is defined)."""
+def kernels():
+    """The kernel module, imported on first use (``triton.jit`` reads ``TRITON_INTERPRET`` at that import)."""
+    return importlib.import_module('._triton_kernels', __package__)
+
+
+def _next_pow2(n: int, least: int = 1) -> int:
+    return max(1 << max(int(n) - 1, 0).bit_length(), least)
+
+
+def _cdiv(a: int, b: int) -> int:
     import triton
-    import triton.language as tl
-    # the interpreter and the JIT resolve ``tl`` through the kernel's module globals
-    globals().update(triton=triton, tl=tl)
-
-    @triton.jit
-    def _rowbox_contract(x_ptr, w_ptr, t_ptr, lo_w_ptr, hi_w_ptr, C, H, W, GH, GW,
-                         GP: tl.constexpr, BW: tl.constexpr):
-        row = tl.program_id(0)  # (n * C + c) * H + h
-        c = (row // H) % C
-        offs_j = tl.program_id(1) * BW + tl.arange(0, BW)
-        offs_a = tl.arange(0, GP)
-        mask_j = offs_j < W
-        mask_a = offs_a < GH
-        acc = tl.zeros((GP, BW), dtype=t_ptr.dtype.element_ty)
-        for b in range(0, GW):
-            lo = tl.load(lo_w_ptr + b)
-            hi = tl.load(hi_w_ptr + b)
-            r = tl.zeros((BW,), dtype=t_ptr.dtype.element_ty)
-            for v in range(lo, hi + 1):
-                jj = offs_j + v
-                r += tl.load(x_ptr + row * W + jj, mask=mask_j & (jj >= 0) & (jj < W), other=0.0).to(
-                    t_ptr.dtype.element_ty)
-            wcol = tl.load(w_ptr + c * GH * GW + offs_a * GW + b, mask=mask_a, other=0.0).to(t_ptr.dtype.element_ty)
-            acc += wcol[:, None] * r[None, :]
-        ptrs = t_ptr + (row * GH + offs_a[:, None]) * W + offs_j[None, :]
-        tl.store(ptrs, acc, mask=mask_a[:, None] & mask_j[None, :])
-
-    @triton.jit
-    def _colbox(t_ptr, y_ptr, lo_h_ptr, hi_h_ptr, H, W, GH, BW: tl.constexpr):
-        row = tl.program_id(0)  # nc * H + i
-        nc = row // H
-        i = row % H
-        offs_j = tl.program_id(1) * BW + tl.arange(0, BW)
-        mask_j = offs_j < W
-        acc = tl.zeros((BW,), dtype=t_ptr.dtype.element_ty)
-        for a in range(0, GH):
-            r0 = tl.maximum(i + tl.load(lo_h_ptr + a), 0)
-            r1 = tl.minimum(i + tl.load(hi_h_ptr + a), H - 1)
-            for r in range(r0, r1 + 1):
-                acc += tl.load(t_ptr + ((nc * H + r) * GH + a) * W + offs_j, mask=mask_j, other=0.0)
-        tl.store(y_ptr + row * W + offs_j, acc.to(y_ptr.dtype.element_ty), mask=mask_j)
-
-    return _rowbox_contract, _colbox
+    return triton.cdiv(a, b)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
+class Tiles(NamedTuple):
+    """Block sizes of one launch: output rows / columns per program, the row segment (tile + halo) and the padded
+    cell counts."""
+    bh: int
+    bw: int
+    bwh: int
+    ghp: int
+    gwp: int
+    num_warps: int
 
 
-def _forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h, hi_h, lo_w, hi_w) -> torch.Tensor:
-    """``x`` ``(N, C, H, W)`` contiguous, ``w`` ``(C, Gh, Gw)`` -> ``y`` like ``x``."""
+def tiles(h: int, w: int, gh: int, gw: int, kw: int, block: int = _BLOCK_ELEMS) -> Tiles:
+    """Block sizes for an ``h x w`` map, ``gh x gw`` cells, a cropped kernel ``kw`` taps wide and a register block
+    of at most ``block`` elements."""
+    ghp, gwp = _next_pow2(gh, 2), _next_pow2(gw, 2)
+    bh = min(_next_pow2(h, 4), _MAX_BH)
+    bw = min(_next_pow2(w, 8), _MAX_BW)
+    # NOTE: the (k'_h, k'_w, BW) contraction block lives in registers; for 17-cell grids (padded to 32) narrower
+    # column tiles keep it within the block budget instead of spilling
+    while ghp * gwp * bw > block and bw > 8:
+        bw //= 2
+    elems = max(ghp * gwp * bw, bh * bw)
+    num_warps = 8 if elems >= 8192 else 4 if elems >= 2048 else 2
+    # NOTE: Triton's gather lowering asserts when the source (GHP, BW) tile holds fewer elements than the program
+    # has threads; small grids get padded cells (zero weights) instead
+    ghp = max(ghp, 32 * num_warps // bw)
+    return Tiles(bh, bw, _next_pow2(bw + kw - 1), ghp, gwp, num_warps)
+
+
+@functools.lru_cache(maxsize=256)
+def _int_table(values: Tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+def _cell_of(lo: Sequence[int], hi: Sequence[int]) -> Tuple[int, ...]:
+    """Cell index of every offset ``lo[0] .. hi[-1]`` (the cropped cells are contiguous)."""
+    return tuple(a for a, (l, h) in enumerate(zip(lo, hi)) for _ in range(h - l + 1))
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: Sequence[int],
+                   lo_w: Sequence[int], hi_w: Sequence[int]) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` (any strides), ``w`` ``(C, Gh, Gw)`` -> ``y`` in the memory format of ``x``."""
     N, C, H, W = x.shape
-    gh, gw = len(lo_h), len(lo_w)
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    t = torch.empty((N * C, H, gh, W), device=x.device, dtype=acc_dtype)
     y = torch.empty_like(x)
-    if x.numel() == 0:
+    if y.numel() == 0:
         return y
-    rowbox, colbox = _kernels(interpreter_mode())
-    as_idx = lambda v: torch.tensor(list(v), dtype=torch.int32, device=x.device)  # noqa: E731
-    grid = (N * C * H, triton_cdiv(W, _BW))
-    rowbox[grid](x, w.contiguous(), t, as_idx(lo_w), as_idx(hi_w), C, H, W, gh, gw, GP=max(_next_pow2(gh), 2),
-                 BW=_BW)
-    colbox[grid](t, y, as_idx(lo_h), as_idx(hi_h), H, W, gh, BW=_BW)
+    gh, gw = len(lo_h), len(lo_w)
+    kw = hi_w[-1] - lo_w[0] + 1
+    t = tiles(H, W, gh, gw, kw)
+    dev = str(x.device)
+    grid = (N * C, _cdiv(H, t.bh), _cdiv(W, t.bw))
+    kernels().periconv_fwd_kernel[grid](
+        x, w.contiguous(), y, _int_table(_cell_of(lo_h, hi_h), dev), _int_table(tuple(lo_w), dev),
+        _int_table(tuple(hi_w), dev), C, H, W, gh, gw, lo_h[0], hi_h[-1], lo_w[0], kw, *x.stride(), *y.stride(),
+        BH=t.bh, BW=t.bw, BWH=t.bwh, GHP=t.ghp, GWP=t.gwp, F64=x.dtype == torch.float64, num_warps=t.num_warps)
     return y
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def grad_weight_torch(x: torch.Tensor, gy: torch.Tensor, lo_h, hi_h, lo_w, hi_w) -> torch.Tensor:
-    """``sum_{n,h,j} V[n,c,h,a,j] R[n,c,h,b,j]`` -> ``(C, Gh, Gw)``; R = W-box sums of x, V = transposed H-box of gy."""
-    from ._cells import AxisCells
+def grad_weight_triton(x: torch.Tensor, gy: torch.Tensor, lo_h: Sequence[int], hi_h: Sequence[int],
+                       lo_w: Sequence[int], hi_w: Sequence[int]) -> torch.Tensor:
+    """``gw[c, a, b] = sum_{n, i, j} gy[n, c, i, j] * (cell (a, b) box sum of x around (i, j))`` ->
+    ``(C, Gh, Gw)`` float32 (float64 for float64 inputs), from per-program partials summed in a fixed order."""
     N, C, H, W = x.shape
-    ch, cw = AxisCells(tuple(lo_h), tuple(hi_h), 0), AxisCells(tuple(lo_w), tuple(hi_w), 0)
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x, gy = x.to(dt), gy.to(dt)
-    r = torch.matmul(x.reshape(N * C * H, W), band_right(W, cw, x.device, dt)).reshape(N, C, H, len(lo_w), W)
-    v = torch.matmul(band_left(H, ch, x.device, dt).t(), gy.reshape(N * C, H, W)).reshape(N, C, H, len(lo_h), W)
-    return torch.einsum('nchaj,nchbj->cab', v, r)
+    gh, gw = len(lo_h), len(lo_w)
+    acc = _acc_dtype(x)
+    if x.numel() == 0:
+        return x.new_zeros((C, gh, gw), dtype=acc)
+    kw = hi_w[-1] - lo_w[0] + 1
+    t = tiles(H, W, gh, gw, kw, _GRAD_W_BLOCK_ELEMS)
+    n_hw = _cdiv(H, t.bh) * _cdiv(W, t.bw)
+    # NOTE: the split depends on the shape only, so the summation order (and the result) is the same on every run
+    # and every GPU model
+    per_program = _cdiv(N, min(N, max(1, _cdiv(_GRAD_W_PROGRAMS, C * n_hw))))
+    chunks = _cdiv(N, per_program)
+    part = torch.empty((chunks * n_hw, C, gh, gw), dtype=acc, device=x.device)
+    dev = str(x.device)
+    smax = max(h - l + 1 for l, h in zip(lo_h, hi_h))
+    kernels().periconv_grad_w_kernel[(chunks, C, n_hw)](
+        x, gy, part, _int_table(tuple(lo_h), dev), _int_table(tuple(hi_h), dev), _int_table(tuple(lo_w), dev),
+        _int_table(tuple(hi_w), dev), N, C, H, W, gh, gw, lo_w[0], kw, smax, per_program, *x.stride(), *gy.stride(),
+        BH=t.bh, BW=t.bw, BWH=t.bwh, GHP=t.ghp, GWP=t.gwp, F64=x.dtype == torch.float64, num_warps=t.num_warps)
+    return part.sum(0)
 
 
+# ----------------------------------------------------------------------------------------------------------- ops
 @torch.library.custom_op('pelk_mm::periconv_triton', mutates_args=())
 def periconv_triton(x: torch.Tensor, w: torch.Tensor, lo_h: List[int], hi_h: List[int], lo_w: List[int],
                     hi_w: List[int]) -> torch.Tensor:
-    """Triton forward on the cropped cells; ``x`` contiguous ``(N, C, H, W)``, ``w`` ``(C, Gh, Gw)``."""
-    return _forward_triton(x, w, lo_h, hi_h, lo_w, hi_w)
+    """Fused Triton forward on the cropped cells; ``x`` ``(N, C, H, W)`` any strides, ``w`` ``(C, Gh, Gw)``."""
+    return forward_triton(x, w, lo_h, hi_h, lo_w, hi_w)
 
 
 @periconv_triton.register_fake
 def _(x, w, lo_h, hi_h, lo_w, hi_w):
-    return x.new_empty(x.shape)
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op('pelk_mm::periconv_triton_grad_w', mutates_args=())
+def periconv_triton_grad_w(x: torch.Tensor, gy: torch.Tensor, lo_h: List[int], hi_h: List[int], lo_w: List[int],
+                           hi_w: List[int]) -> torch.Tensor:
+    """Gradient wrt the cropped block weights, ``(C, Gh, Gw)`` in the accumulation dtype."""
+    return grad_weight_triton(x, gy, lo_h, hi_h, lo_w, hi_w)
+
+
+@periconv_triton_grad_w.register_fake
+def _(x, gy, lo_h, hi_h, lo_w, hi_w):
+    return x.new_empty((x.shape[1], len(lo_h), len(lo_w)), dtype=_acc_dtype(x))
 
 
 def _backward(ctx, gy):
     x, w = ctx.saved_tensors
     lo_h, hi_h, lo_w, hi_w = ctx.cells
-    gy = gy.contiguous()
     gx = gw = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0]:  # conv with the mirrored kernel: flipped weights over mirrored cells
         gx = periconv_triton(gy, w.flip(-2, -1).contiguous(), *mirror_cells(lo_h, hi_h), *mirror_cells(lo_w, hi_w))
     if ctx.needs_input_grad[1]:
-        gw = grad_weight_torch(x, gy, lo_h, hi_h, lo_w, hi_w).to(w.dtype)
+        gw = periconv_triton_grad_w(x, gy, lo_h, hi_h, lo_w, hi_w).to(w.dtype)
     return gx, gw, None, None, None, None
 
 
@@ -156,8 +191,8 @@ def supports(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> bool
 
 
 def triton_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Triton structure-aware conv (output NCHW-contiguous, dtype of ``x``)."""
+    """Fused Triton structure-aware conv: output in ``x``'s dtype and memory format (no layout copy of ``x``)."""
     H, W = x.shape[-2:]
     ch, cw = axis_cells(grid, H), axis_cells(grid, W)
     w = crop_weight(weight, ch, cw).to(x.dtype).contiguous()
-    return periconv_triton(x.contiguous(), w, list(ch.lo), list(ch.hi), list(cw.lo), list(cw.hi))
+    return periconv_triton(x, w, list(ch.lo), list(ch.hi), list(cw.lo), list(cw.hi))

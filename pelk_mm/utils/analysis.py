@@ -21,7 +21,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 def load_cfg(config: str, cfg_options: Optional[dict] = None):
     """The config with ``--cfg-options`` merged, as ``tools/train.py`` loads it: a missing or broken file or options
     that do not fit raise :class:`pelk_mm.apis.LaunchError` with one line naming the file / option."""
-    from pelk_mm.apis.launch import load_config, merge_cfg_options
+    from pelk_mm.config import load_config, merge_cfg_options
     cfg = load_config(config)
     if cfg_options:
         merge_cfg_options(cfg, cfg_options)
@@ -41,7 +41,7 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu',
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
 
-    from pelk_mm.apis.launch import get_codebase, register_codebase
+    from pelk_mm.config import get_codebase, register_codebase
     codebase = get_codebase(cfg)
     register_codebase(codebase)
     init_default_scope(codebase)
@@ -60,8 +60,8 @@ def build_model(cfg, checkpoint: Optional[str] = None, device: str = 'cpu',
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
-        from pelk_mm.apis.launch import check_test_checkpoint
-        check_test_checkpoint(model, checkpoint)
+        from pelk_mm.models import check_model_checkpoint
+        check_model_checkpoint(model, checkpoint)
         load_checkpoint(model, checkpoint, map_location='cpu', strict=False, logger='current')
     return model.to(device).eval(), codebase
 

@@ -21,17 +21,15 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['DeployError', 'CONV_FORMS', 'build_model', 'load_weights', 'convert_checkpoint', 'conv_form',
+from pelk_mm.errors import DeployError, one_line
+
+__all__ = ['CONV_FORMS', 'build_model', 'load_weights', 'convert_checkpoint', 'conv_form',
            'exportable', 'export_onnx', 'check_onnx', 'onnx_op_types', 'require_onnxruntime']
 
 #: ONNX forms of the peripheral conv -> the ``pelk_mm.ops`` implementation that writes it
 CONV_FORMS = {'dense': 'dense_cl', 'structured': 'cumsum'}
 
 ONNXRUNTIME_INSTALL = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (or re-run bash tools/setup.sh)'
-
-
-class DeployError(ValueError):
-    """A bad input to the deployment tools (config, form, shape, missing package); ``str(err)`` is one line."""
 
 
 def _is_pelk(backbone_cfg) -> bool:
@@ -68,7 +66,6 @@ def load_weights(model: nn.Module, checkpoint: str) -> dict:
     try:
         _load_checkpoint_to_model(model, ckpt, strict=True)
     except RuntimeError as err:
-        from pelk_mm.apis.errors import one_line
         text = one_line(err)
         text = text if len(text) <= 400 else text[:400] + ' ...'
         raise DeployError(f'checkpoint {checkpoint!r} does not fit the config\'s model: {text}') from err

@@ -8,9 +8,9 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from pelk_mm.apis.check_settings import check_option_keys, check_settings
-from pelk_mm.apis.launch import register_codebase
-from pelk_mm.apis.validate import ConfigValidationError
+from pelk_mm.apis.check_settings import check_settings
+from pelk_mm.config import check_option_keys, register_codebase
+from pelk_mm.errors import ConfigValidationError
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CLS = osp.join(REPO, 'configs/demo/pelk_demo_in1k.py')

@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 import pelk_mm.engine  # noqa: F401  (registers the hooks)
 from pelk_mm.checkpoint import load_checkpoint_file  # what the project writes loads without opt-in
-from pelk_mm.engine.hooks import NonFiniteGuardHook, NonFiniteTrainingError
+from pelk_mm.engine.hooks import NonFiniteGuardHook
+from pelk_mm.errors import NonFiniteTrainingError
 
 
 class ToyModel(BaseModel):

@@ -17,9 +17,10 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import pelk_mm.engine  # noqa: F401  (registers the hooks)
-from pelk_mm.apis.validate import ConfigValidationError, resolve_resume
+from pelk_mm.apis.validate import resolve_resume
 from pelk_mm.checkpoint import atomic_write, load_checkpoint_file, remove_stale_writes
-from pelk_mm.engine.hooks import NonFiniteGuardHook, NonFiniteTrainingError
+from pelk_mm.engine.hooks import NonFiniteGuardHook
+from pelk_mm.errors import ConfigValidationError, NonFiniteTrainingError
 
 
 # --------------------------------------------------------------------------------------------------- --resume
@@ -385,8 +386,7 @@ def test_work_dir_that_is_a_file_is_refused(tmp_path):
 def test_disk_full_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
     import errno
 
-    from pelk_mm.apis.errors import format_user_error, user_error_types
-    from pelk_mm.errors import DiskFullError
+    from pelk_mm.errors import USER_ERRORS, DiskFullError, format_user_error
     target = tmp_path / 'epoch_1.pth'
     target.write_bytes(b'old checkpoint')
 
@@ -397,7 +397,7 @@ def test_disk_full_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError) as err:
         atomic_write(b'x' * 4096, target, 'wb')
     line = format_user_error(err.value)
-    assert isinstance(err.value, user_error_types()) and '\n' not in line
+    assert isinstance(err.value, USER_ERRORS) and '\n' not in line
     assert f'while writing {target}' in line and 'MB free' in line and '--resume' in line
     assert target.read_bytes() == b'old checkpoint' and sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']
 

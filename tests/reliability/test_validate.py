@@ -9,7 +9,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from pelk_mm.apis.validate import ConfigValidationError, resolve_resume, validate_config
+from pelk_mm.apis.validate import resolve_resume, validate_config
+from pelk_mm.errors import ConfigValidationError
 
 CLS = 'configs/demo/pelk_demo_in1k.py'
 SEG = 'configs/demo/pelk_demo_upernet_ade20k.py'
@@ -185,7 +186,7 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
     Runner is built) and the loader with one line naming the file (status 2)."""
     import zipfile
 
-    from pelk_mm.apis.errors import run_cli
+    from pelk_mm.apis.cli import run_cli
     from pelk_mm.checkpoint import load_checkpoint_file
     path = tmp_path / 'bad_pickle.pth'
     with zipfile.ZipFile(path, 'w') as zf:
@@ -198,7 +199,7 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_non_user_errors_keep_their_traceback():
-    from pelk_mm.apis.errors import run_cli
+    from pelk_mm.apis.cli import run_cli
 
     def bug(args):
         raise ZeroDivisionError('a bug')

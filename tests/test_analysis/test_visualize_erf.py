@@ -41,8 +41,8 @@ def test_erf_tool_end_to_end(erf_tool, tmp_path, tiny_config, tiny_checkpoint, i
 
 
 def test_erf_tool_rejects_bad_thresholds(erf_tool, tiny_config, capsys):
-    from pelk_mm.apis import LaunchError
-    from pelk_mm.apis.errors import run_main
+    from pelk_mm.errors import LaunchError
+    from pelk_mm.apis.cli import run_main
     with pytest.raises(SystemExit):
         erf_tool.main([tiny_config, '--thresholds', '1.5'])
     with pytest.raises(LaunchError, match='does not exist'):

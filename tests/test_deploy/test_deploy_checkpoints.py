@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pelk_mm.models import PeLK
-from pelk_mm.models import layers
+from pelk_mm.errors import DeployFormError
+
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = {'mmpretrain': 'configs/demo/pelk_demo_in1k.py', 'mmseg': 'configs/demo/pelk_demo_upernet_ade20k.py',
@@ -42,13 +43,13 @@ def test_wrong_form_raises_one_line(helpers, tmp_path):
     deployed = helpers.tiny_pelk(0)
     deployed.switch_to_deploy()
     into_deploy = PeLK(arch=helpers.TINY, out_indices=(0, 1, 2, 3), deploy=True)
-    with pytest.raises(layers.DeployFormError) as err:
+    with pytest.raises(DeployFormError) as err:
         into_deploy.load_state_dict(train.state_dict())
     msg = str(err.value)
     assert '\n' not in msg and 'train form' in msg and 'deploy form' in msg and 'convert_to_deploy.py' in msg
     assert 'stages.0.0.token_mixer.conv' in msg
     into_train = PeLK(arch=helpers.TINY, out_indices=(0, 1, 2, 3))
-    with pytest.raises(layers.DeployFormError) as err:
+    with pytest.raises(DeployFormError) as err:
         into_train.load_state_dict(deployed.state_dict())
     msg = str(err.value)
     assert '\n' not in msg and 'deploy form' in msg and 'train form' in msg and 'deploy=True' in msg
@@ -56,11 +57,11 @@ def test_wrong_form_raises_one_line(helpers, tmp_path):
     from mmengine.runner import load_checkpoint
     path = str(tmp_path / 'deploy.pth')
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in deployed.state_dict().items()}}, path)
-    with pytest.raises(layers.DeployFormError):
+    with pytest.raises(DeployFormError):
         load_checkpoint(into_train, path, revise_keys=[(r'^backbone\.', '')])
     pretrained = PeLK(arch=helpers.TINY, out_indices=(0, 1, 2, 3),
                       init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
-    with pytest.raises(layers.DeployFormError):
+    with pytest.raises(DeployFormError):
         pretrained.init_weights()
 
 
@@ -129,5 +130,5 @@ def test_mmpretrain_reparameterize_model_script(helpers, tmp_path):
         got = model.head(model.extract_feat(x))
         ref = train.head(train.extract_feat(x))
     assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-5
-    with pytest.raises(layers.DeployFormError):
+    with pytest.raises(DeployFormError):
         init_model(load_cfg(osp.join(ROOT, DEMO['mmpretrain'])), out, device='cpu')

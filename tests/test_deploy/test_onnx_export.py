@@ -89,8 +89,8 @@ def test_export_tool_classifier(helpers, tmp_path, capsys):
 
 
 def test_missing_onnxruntime_is_one_line(monkeypatch, tmp_path):
-    from pelk_mm.apis.errors import run_main
-    from pelk_mm.utils.deploy import DeployError
+    from pelk_mm.apis.cli import run_main
+    from pelk_mm.errors import DeployError
     tool = _load_tool()
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` now raises ImportError
     err = io.StringIO()

@@ -77,7 +77,8 @@ def test_bit_flipped_tensor_record_is_refused(tmp_path):
     msg = str(err.value)
     assert str(path) in msg and record in msg and 'CRC' in msg and '\n' not in msg
 
-    from pelk_mm.apis.validate import ConfigValidationError, check_checkpoint_file
+    from pelk_mm.apis.validate import check_checkpoint_file
+    from pelk_mm.errors import ConfigValidationError
     with pytest.raises(ConfigValidationError, match=re.escape(record)):
         check_checkpoint_file(str(path), 'load_from')
 
@@ -362,7 +363,8 @@ def test_damaged_checkpoint_refused_and_resume_falls_back(run_dir, tools):
 
 
 def test_trust_variable_with_an_unclear_value_is_an_error(tmp_path, monkeypatch):
-    from pelk_mm.checkpoint import CheckpointLoadError, checkpoints_trusted
+    from pelk_mm.checkpoint import checkpoints_trusted
+    from pelk_mm.errors import CheckpointLoadError
     path, marker = _evil(tmp_path)
     monkeypatch.setenv(TRUST_ENV, 'maybe')
     with pytest.raises(CheckpointLoadError, match=f"{TRUST_ENV}='maybe' is neither on nor off"):

@@ -5,10 +5,10 @@ import os
 import pytest
 from mmengine.config import Config
 
-from pelk_mm.apis import (LaunchError, MissingDataError, build_runner, check_data_paths, check_launcher,
-                          get_codebase,
+from pelk_mm.apis import (build_runner, check_data_paths, check_launcher, get_codebase,
                           merge_test_args, merge_train_args, parse_test_args, parse_train_args, prepare_data,
                           register_codebase, resolve_amp)
+from pelk_mm.errors import LaunchError, MissingDataError
 
 
 def _cfg(scope='mmpretrain', **kw):
@@ -300,7 +300,7 @@ def test_broken_config_files_fail_in_one_line(tmp_path, capsys, text, expected):
 
 def test_cfg_options_conflict_fails_in_one_line(tmp_path, capsys):
     from pelk_mm.apis import train_main
-    from pelk_mm.apis.launch import merge_cfg_options
+    from pelk_mm.config import merge_cfg_options
     cfg = _cfg()
     with pytest.raises(LaunchError, match=r"--cfg-options model.type.depth=3 cannot be merged into the config"):
         merge_cfg_options(cfg, {'model.type.depth': 3})

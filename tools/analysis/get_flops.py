@@ -21,7 +21,7 @@ import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.apis.complexity import _fmt, analyze_config, format_table  # noqa: E402
-from pelk_mm.apis.launch import LaunchError  # noqa: E402
+from pelk_mm.errors import LaunchError  # noqa: E402
 from pelk_mm.utils.analysis import load_cfg  # noqa: E402
 
 
@@ -127,5 +127,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from pelk_mm.apis.errors import run_main
+    from pelk_mm.apis.cli import run_main
     sys.exit(run_main(main))

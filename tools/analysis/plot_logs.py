@@ -147,5 +147,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from pelk_mm.apis.errors import run_main
+    from pelk_mm.apis.cli import run_main
     sys.exit(run_main(main, (FileNotFoundError, )))

@@ -19,11 +19,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import DictAction  # noqa: E402
 
-from pelk_mm.apis.errors import run_main  # noqa: E402
+from pelk_mm.apis.cli import run_main  # noqa: E402
 from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
-from pelk_mm.models.layers import DeployFormError  # noqa: E402
+from pelk_mm.errors import DeployError  # noqa: E402
 from pelk_mm.utils.analysis import load_cfg  # noqa: E402
-from pelk_mm.utils.deploy import DeployError, convert_checkpoint  # noqa: E402
+from pelk_mm.utils.deploy import convert_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,4 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main, extra=(DeployError, DeployFormError, FileNotFoundError)))
+    sys.exit(run_main(main, extra=(FileNotFoundError, )))

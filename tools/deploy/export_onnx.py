@@ -30,11 +30,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import DictAction  # noqa: E402
 
-from pelk_mm.apis.errors import run_main  # noqa: E402
+from pelk_mm.apis.cli import run_main  # noqa: E402
 from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
-from pelk_mm.models.layers import DeployFormError  # noqa: E402
+from pelk_mm.errors import DeployError  # noqa: E402
 from pelk_mm.utils.analysis import load_cfg  # noqa: E402
-from pelk_mm.utils.deploy import (CONV_FORMS, DeployError, build_model, check_onnx, export_onnx,  # noqa: E402
+from pelk_mm.utils.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx,  # noqa: E402
                                   exportable, load_weights, onnx_op_types, require_onnxruntime)
 
 #: relative error above which the onnxruntime check fails (float32)
@@ -90,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main, extra=(DeployError, DeployFormError, FileNotFoundError)))
+    sys.exit(run_main(main, extra=(FileNotFoundError, )))

@@ -36,13 +36,10 @@ from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
 from pelk_mm.checkpoint import nonfinite_tensors, nonfinite_weights
+from pelk_mm.errors import NonFiniteTrainingError
 from pelk_mm.registry import HOOKS
 
-__all__ = ['NonFiniteGuardHook', 'NonFiniteTrainingError']
-
-
-class NonFiniteTrainingError(RuntimeError):
-    """Training stopped because of repeated non-finite losses/gradients (``str(err)`` is the one-line message)."""
+__all__ = ['NonFiniteGuardHook']
 
 
 def _fmt_iters(first: int, last: int) -> str:

@@ -160,7 +160,7 @@ class PeLK(BaseModule):
             convention), to load a checkpoint written by :meth:`switch_to_deploy` (``tools/deploy/
             convert_to_deploy.py`` or mmpretrain's ``reparameterize_model.py``) strictly. The stages keep their
             embedding only for ``kpe_mode='input'`` (the other modes fold it). Loading a checkpoint of the other
-            form raises :class:`~pelk_mm.models.layers.DeployFormError`. Defaults to False.
+            form raises :class:`~pelk_mm.errors.DeployFormError`. Defaults to False.
         init_cfg (dict | list[dict], optional): Initialisation, e.g. ``dict(type='Pretrained',
             checkpoint=..., prefix='backbone.')``.
     """

@@ -10,14 +10,9 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
+from pelk_mm.errors import DeployFormError
 from pelk_mm.ops import expand_kernel, grid_bounds, peripheral_conv2d, peripheral_grid
 from .kernel_position_embedding import KPE_MODES, blocked_kpe_input_term
-
-
-class DeployFormError(ValueError):
-    """A checkpoint holds the other form of a re-parameterisable layer: train-form weights (shared weights, BNs,
-    small-kernel branch) for a model built with ``deploy=True``, or deploy-form weights for a train-form model.
-    ``str(err)`` is one line naming both forms and the fix."""
 
 
 def _fuse_bn(kernel: torch.Tensor, bn: Optional[nn.Module]):
