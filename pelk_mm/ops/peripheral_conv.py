@@ -9,7 +9,7 @@ floating-point rounding) with their own forward and backward; they differ only i
 name          method                                                                                 devices
 ============  =====================================================================================  ==========
 ``cpp``       fused C++/OpenMP box sums over the sharing grid, ``O(K + k'^2)`` per pixel (JIT-built)  CPU
-``triton``    two Triton kernels (row box sums + ``k' x k'`` contraction, column box sums)            CUDA
+``triton``    one fused Triton kernel per pass, ``O(K + k'^2)`` per pixel, any layout in place       CUDA
 ``box``       the same structure as three PyTorch matmuls (banded 0/1 matrices)                       any
 ``fft``       ``rfft2`` on 2/3/5-smooth sizes, kernel spectrum shared across the batch                 any
 ``dense_cl``  dense kernel cropped to the map, channels_last ``F.conv2d``                             any
