@@ -1,7 +1,7 @@
 # PeLK-B at 384x384 (paper Table 4: 85.6 top-1). The paper does not say how; like ConvNeXt's 384 results (which
 # PeLK's recipe follows), this fine-tunes the 224 model for 30 epochs: AdamW lr 5e-5 at batch 512, wd 1e-8,
-# layer-wise lr decay 0.7, drop path 0.8, no Mixup/CutMix, no warm-up (ConvNeXt TRAINING.md, fine-tuning at 384).
-# Set the 224 checkpoint below or with --cfg-options model.init_cfg.checkpoint=...
+# layer-wise lr decay 0.7, drop path 0.8, no Mixup/CutMix, no warm-up (ConvNeXt's published 384 fine-tuning).
+# It starts from configs/pelk_b_in1k.py's checkpoint; elsewhere: --cfg-options model.init_cfg.checkpoint=...
 _base_ = ['./pelk_b_in1k.py', './_base_/datasets/imagenet_384_pipelines.py']
 
 model = dict(
@@ -24,10 +24,5 @@ param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, b
 train_cfg = dict(max_epochs=max_epochs)
 auto_scale_lr = dict(base_batch_size=512)
 # fine-tuning keeps the sparse pretrained model's mask fixed (SLaK's downstream practice)
-custom_hooks = [
-    dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
-    dict(type='pelk_mm.ResumeStateHook'),
-    dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),
-    dict(type='pelk_mm.BNStatsSyncHook'),
-    dict(type='pelk_mm.DynamicSparsityHook', fixed_mask=True, include=['backbone.']),
-]
+custom_hooks = [_base_.ema_hook, *_base_.pelk_hooks,
+                dict(type='pelk_mm.DynamicSparsityHook', fixed_mask=True, include=['backbone.'])]

@@ -8,6 +8,7 @@ _base_ = [
     './_base_/datasets/coco_instance_ms_crop.py',
     './_base_/schedules/coco_adamw_layer_decay_3x.py',
     'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
 ]
 
 # ImageNet-1K PeLK-T checkpoint (an mmpretrain-trained pelk_t_in1k.py checkpoint, or any state dict whose backbone

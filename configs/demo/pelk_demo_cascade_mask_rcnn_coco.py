@@ -8,8 +8,8 @@
 #   python tools/test.py configs/demo/pelk_demo_cascade_mask_rcnn_coco.py \
 #       work_dirs/pelk_demo_cascade_mask_rcnn_coco/epoch_12.pth --show-dir vis
 #   bash tools/dist_train.sh configs/demo/pelk_demo_cascade_mask_rcnn_coco.py 2     # 2 CPU processes (gloo)
-# On a busy machine export OMP_NUM_THREADS=1 first (oversubscribed OpenMP threads made a step ~4x slower here).
-# Measured (2-core CPU, idle, seed 0): 180 iterations in 1.7 min; val/test at epoch 12: bbox mAP 0.624 (AP50 0.887),
+# On a busy machine export OMP_NUM_THREADS=1 first (oversubscribed OpenMP threads make a step several times slower).
+# Expected (2-core CPU, idle, seed 0): 180 iterations in ~1.7 min; val/test at epoch 12: bbox mAP 0.624 (AP50 0.887),
 # segm mAP 0.710 (AP50 0.915); tools/test.py on epoch_12.pth reproduces these exactly.
 _base_ = '../pelk_t_cascade_mask_rcnn_coco.py'
 

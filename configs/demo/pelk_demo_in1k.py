@@ -51,14 +51,7 @@ param_scheduler = [
 ]
 train_cfg = dict(max_epochs=max_epochs, val_interval=4)
 auto_scale_lr = dict(base_batch_size=32)
-# EMA horizon shrunk with the schedule (~50 iterations instead of ~10k)
-custom_hooks = [
-    dict(type='EMAHook', momentum=2e-2, priority='ABOVE_NORMAL'),
-    dict(type='pelk_mm.ResumeStateHook'),
-    dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),
-    dict(type='pelk_mm.BNStatsSyncHook'),
-]
-default_hooks = dict(logger=dict(type='LoggerHook', interval=9),
-                     checkpoint=dict(type='CheckpointHook', interval=4, max_keep_ckpts=2, save_best='auto'))
+# EMA horizon shrunk with the schedule (~50 iterations instead of ~10k), no dynamic sparsity
+custom_hooks = [dict(_base_.ema_hook, momentum=2e-2), *_base_.pelk_hooks]
+default_hooks = dict(logger=dict(interval=9), checkpoint=dict(interval=4, max_keep_ckpts=2))
 randomness = dict(seed=0)
-visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])

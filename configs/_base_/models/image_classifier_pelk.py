@@ -1,5 +1,6 @@
-# PeLK-T image classifier (mmpretrain ImageClassifier). The backbone pools and normalises internally
-# (gap_before_final_norm=True), so there is no neck, as in mmpretrain's ConvNeXt.
+# PeLK-T image classifier for ImageNet-1K (mmpretrain ImageClassifier) with SLaK's label smoothing 0.1 and
+# Mixup 0.8 / CutMix 1.0. The backbone pools and normalises internally (gap_before_final_norm=True), so there is
+# no neck, as in mmpretrain's ConvNeXt.
 custom_imports = dict(imports=['pelk_mm'], allow_failed_imports=False)
 
 model = dict(

@@ -21,7 +21,7 @@ model = dict(
         gap_before_final_norm=False,
         conv_norm_cfg=norm_cfg,
         drop_path_rate=0.4,
-        # the recipes set init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')
+        # the per-size configs set init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')
         layer_scale_init_value=1.0),  # overwritten by the ImageNet checkpoint
     decode_head=dict(
         type='UPerHead',

@@ -23,8 +23,3 @@ optim_wrapper = dict(
 
 # 8 GPUs x 2 images; pass --auto-scale-lr to scale lr linearly for another total batch size
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-custom_hooks = [
-    dict(type='pelk_mm.ResumeStateHook'),                          # bit-exact --resume (RNG states, safe rotation)
-    dict(type='pelk_mm.NonFiniteGuardHook', max_consecutive=5),    # skip NaN/inf steps, stop after 5 in a row
-    dict(type='pelk_mm.BNStatsSyncHook'),
-]

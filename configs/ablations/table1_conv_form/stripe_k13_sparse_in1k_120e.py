@@ -3,6 +3,4 @@
 # SLaK framework: every channel convolved (conv_ratio=1), no KPE, 5x5 re-param branch on.
 _base_ = ['../_base_/pelk_t_in1k_120e.py']
 
-model = dict(backbone=dict(
-    arch=dict(_delete_=True, depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[13, 13, 13, 13]),
-    conv_type='stripe', conv_ratio=1.0, kpe_mode=None))
+model = dict(backbone=dict(kernel_sizes=[13, 13, 13, 13], conv_type='stripe', conv_ratio=1.0, kpe_mode=None))

@@ -3,4 +3,4 @@
 # The centre size applies to every stage (grids of Eq. 2 with r_c = (c - 1) / 2).
 _base_ = ['../_base_/pelk_t_in1k_120e.py']
 
-model = dict(backbone=dict(arch=dict(_delete_=True, depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[51, 49, 47, 13], center_sizes=[5, 5, 5, 5])))
+model = dict(backbone=dict(center_sizes=[5, 5, 5, 5]))

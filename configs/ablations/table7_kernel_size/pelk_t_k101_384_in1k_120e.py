@@ -1,5 +1,5 @@
 # Paper Table 7: PeLK-101 (101-69-67-13) at 384x384; reported top-1 83.0.
-# PeLK-T widths/depths (the table does not name the size: UNCONFIRMED), KPE on, 120 epochs, 40 % sparsity.
+# PeLK-T widths/depths (the table does not name the size; PeLK-T assumed), KPE on, 120 epochs, 40 % sparsity.
 # 384 input from scratch for 120 epochs (pipelines as mmpretrain swin-384: bicubic resize, no crop).
 # PeLK-101 enlarges the fine centre to 7x7 (arch tiny-101).
 _base_ = ['../_base_/pelk_t_in1k_120e.py', '../../_base_/datasets/imagenet_384_pipelines.py']
