@@ -2,9 +2,6 @@
 # PeLK-B with kernels [101, 69, 67, 13] and 7x7 fine centres; everything else as the PeLK-B config.
 _base_ = './pelk_b_cascade_mask_rcnn_coco.py'
 
-checkpoint_file = 'checkpoints/pelk_b101_in1k.pth'  # ImageNet-1K PeLK-B-101 checkpoint: set this path
+checkpoint_file = 'work_dirs/pelk_b101_in1k/epoch_300.pth'  # ImageNet-1K checkpoint of configs/pelk_b101_in1k.py
 
-model = dict(
-    backbone=dict(
-        arch='base-101',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')))
+model = dict(backbone=dict(arch='base-101', init_cfg=dict(checkpoint=checkpoint_file)))

@@ -4,10 +4,11 @@
 # It starts from configs/pelk_b_in1k.py's checkpoint; elsewhere: --cfg-options model.init_cfg.checkpoint=...
 _base_ = ['./pelk_b_in1k.py', './_base_/datasets/imagenet_384_pipelines.py']
 
+checkpoint_file = 'work_dirs/pelk_b_in1k/epoch_300.pth'
 model = dict(
     backbone=dict(drop_path_rate=0.8),
     train_cfg=dict(_delete_=True),
-    init_cfg=dict(_delete_=True, type='Pretrained', checkpoint='work_dirs/pelk_b_in1k/epoch_300.pth'))
+    init_cfg=dict(_delete_=True, type='Pretrained', checkpoint=checkpoint_file))
 
 train_dataloader = dict(batch_size=16, dataset=dict(pipeline=_base_.pipelines_384['train']))   # 32 GPUs x 16 = 512
 val_dataloader = dict(batch_size=16, dataset=dict(pipeline=_base_.pipelines_384['test']))

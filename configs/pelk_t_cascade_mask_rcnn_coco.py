@@ -11,10 +11,9 @@ _base_ = [
     './_base_/default_runtime.py',
 ]
 
-# ImageNet-1K PeLK-T checkpoint (an mmpretrain-trained pelk_t_in1k.py checkpoint, or any state dict whose backbone
-# keys start with `backbone.`). Set this path, or pass
-#   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/pelk_t_in1k.pth
-checkpoint_file = 'checkpoints/pelk_t_in1k.pth'
+# ImageNet-1K PeLK-T checkpoint saved by training configs/pelk_t_in1k.py (or any state dict whose backbone keys
+# start with `backbone.`); elsewhere: --cfg-options model.backbone.init_cfg.checkpoint=/path/to/pelk_t_in1k.pth
+checkpoint_file = 'work_dirs/pelk_t_in1k/epoch_300.pth'
 
 model = dict(
     backbone=dict(

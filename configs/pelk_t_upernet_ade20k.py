@@ -12,8 +12,9 @@ _base_ = [
 ]
 
 # ImageNet-1K PeLK-T checkpoint saved by training configs/pelk_t_in1k.py (backbone.* keys). The per-output norms
-# norm0..norm3 are new (reported as missing) and the classifier head is dropped by the prefix.
-checkpoint = 'work_dirs/pelk_t_in1k/epoch_300.pth'
+# norm0..norm3 are new (reported as missing) and the classifier head is dropped by the prefix; elsewhere:
+# --cfg-options model.backbone.init_cfg.checkpoint=/path/to/pelk_t_in1k.pth
+checkpoint_file = 'work_dirs/pelk_t_in1k/epoch_300.pth'
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -22,7 +23,7 @@ model = dict(
     backbone=dict(
         arch='tiny',
         drop_path_rate=0.4,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file, prefix='backbone.')),
     decode_head=dict(in_channels=[124, 249, 499, 998]),
     auxiliary_head=dict(in_channels=499),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

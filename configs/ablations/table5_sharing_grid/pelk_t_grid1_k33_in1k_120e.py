@@ -1,4 +1,5 @@
-# Paper Table 5 row 1: half grid [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1] (all-ones = dense 33x33 (RepLKNet baseline)); params 1.00x of the dense 33x33; reported top-1 81.4.
+# Paper Table 5 row 1: half grid [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1] (all-ones = dense 33x33 (RepLKNet
+# baseline)); params 1.00x of the dense 33x33; reported top-1 81.4.
 # PeLK-T, 120 epochs, no dynamic sparsity, no KPE. Stages 1-3 use the 33x33 kernel with this grid (the paper
 # says only "on a 33x33 kernel"; stage 4 keeps its default 13x13 grid, an assumption).
 _base_ = ['../_base_/pelk_t_in1k_120e_nosparse.py']

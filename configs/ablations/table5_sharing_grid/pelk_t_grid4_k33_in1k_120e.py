@@ -1,4 +1,5 @@
-# Paper Table 5 row 4: half grid [4, 4, 4, 2, 1, 1, 1] (coarse uniform periphery, 5x5 centre); params 0.16x of the dense 33x33; reported top-1 81.3.
+# Paper Table 5 row 4: half grid [4, 4, 4, 2, 1, 1, 1] (coarse uniform periphery, 5x5 centre); params 0.16x of the dense
+# 33x33; reported top-1 81.3.
 # PeLK-T, 120 epochs, no dynamic sparsity, no KPE. Stages 1-3 use the 33x33 kernel with this grid (the paper
 # says only "on a 33x33 kernel"; stage 4 keeps its default 13x13 grid, an assumption).
 _base_ = ['../_base_/pelk_t_in1k_120e_nosparse.py']
