@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Dict, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -79,32 +80,84 @@ def _from_config(args, parser) -> None:
         args.batch = cfg.train_dataloader.batch_size
 
 
+# Whole-network variants for interleaved comparisons: backbone kwargs on top of ``arch`` (PeLK-T channels throughout,
+# so only the token mixer differs).
+NETS = {
+    'PeLK-T': dict(arch='tiny'),
+    'PeLK-T dense': dict(arch='tiny', conv_impl='dense'),
+    'SLaK-T-like': dict(arch='tiny', conv_type='stripe', conv_ratio=1.0, kpe_mode=None),
+    'ConvNeXt-T-like': dict(arch=dict(depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[7] * 4,
+                                      center_sizes=[5] * 4),
+                            conv_type='dense', conv_ratio=1.0, kpe_mode=None, small_kernel=None),
+    'PeLK-101-T': dict(arch='tiny-101'),
+}
+
+
+def make_step(backbone_kwargs: dict, device, batch: int, size: int, num_classes: int = 1000,
+              amp_dtype=None, threads: Optional[int] = None):
+    """Build a PeLK backbone + linear head + AdamW on ``device`` and return ``step()`` (one synchronised training
+    step on fixed random inputs, under autocast to ``amp_dtype`` when given) and the model's parameter count."""
+    sys.path.insert(0, ROOT)
+    import torch
+
+    from pelk_mm.models import PeLK
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    device = torch.device(device)
+    backbone = PeLK(**backbone_kwargs).to(device)
+    head = torch.nn.Linear(backbone.channels[-1], num_classes).to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch, ), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = torch.nn.functional.cross_entropy(head(backbone(x)[0]), y)
+        loss.backward()
+        opt.step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    return step, sum(p.numel() for p in params)
+
+
+def interleaved_throughput(variants: Dict[str, tuple], rounds: int, batch: int, deadline: float = float('inf')):
+    """``variants``: name -> ``(step, n_params)``. After one warm-up step each, ``rounds`` rounds of one timed step
+    per variant in turn (machine noise hits every variant alike), until ``deadline`` (``time.time()``; variants not
+    warmed up by then are left out); rows with the median step time and images per second."""
+    times = {name: [] for name in variants}
+    warm = []
+    for name, (step, _) in variants.items():
+        if time.time() < deadline:
+            step()
+            warm.append(name)
+    for _ in range(rounds):
+        if time.time() > deadline:
+            break
+        for name in warm:
+            t0 = time.perf_counter()
+            variants[name][0]()
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, (_, n_params) in variants.items():
+        med = statistics.median(times[name]) if times[name] else float('nan')
+        rows.append(dict(net=name, step_s=med, img_per_s=batch / med, steps=len(times[name]), params_m=n_params / 1e6))
+    return rows
+
+
 def bench(impl: str, args) -> dict:
     """One implementation in this process (``impl='none'``: the peripheral conv is the identity)."""
     sys.path.insert(0, ROOT)
     import torch
 
-    from pelk_mm.models import PeLK
     from pelk_mm.models.layers import peripheral_conv as layer
-    torch.set_num_threads(args.threads)
     if impl == 'none':
         layer.peripheral_conv2d = lambda x, weight, grid, impl='auto': x
-    torch.manual_seed(0)
     device = torch.device(args.device)
-    backbone = PeLK(**{**args.backbone, 'conv_impl': 'auto' if impl == 'none' else impl}).to(device)
-    head = torch.nn.Linear(backbone.channels[-1], args.num_classes).to(device)
-    opt = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=1e-4)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    y = torch.randint(0, args.num_classes, (args.batch, ), device=device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(head(backbone(x)[0]), y)
-        loss.backward()
-        opt.step()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-
+    step, _ = make_step({**args.backbone, 'conv_impl': 'auto' if impl == 'none' else impl}, device, args.batch,
+                        args.size, args.num_classes, threads=args.threads)
     step()  # warm-up (and the one-time C++ extension load)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()

@@ -1,8 +1,9 @@
 """Benchmark every peripheral conv implementation at PeLK stage shapes (CPU by default).
 
 Per implementation and input layout: median forward time (``torch.no_grad``), median forward+backward time
-(grads for x and the block weights), peak memory of each, and ratios to the dense NCHW reference and to a 7x7
-depthwise ``F.conv2d`` in the same layout - all measured in one run. The 7x7 ratio is the median over interleaved
+(grads for x and the block weights), peak memory of each, and ratios to the dense reference (NCHW, and on CUDA also
+in the same layout) and to a 7x7 depthwise ``F.conv2d`` in the same layout - all measured in one run. On CUDA each
+run is timed with CUDA events, on CPU with the host clock. The 7x7 ratio is the median over interleaved
 (implementation, 7x7) pairs, so machine noise hits both sides of each pair alike.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the live bytes before the call; on CPU the peak of the
@@ -64,7 +65,7 @@ FULL_SHAPES = [  # (C, H=W, K, centre size)
     (46, 56, 101, 7),  # PeLK-101 stage 1 (7x7 centre)
 ]
 QUICK_SHAPES = [(8, 12, 13, 5)]
-IMPLS = ['auto', 'cpp', 'box', 'fft', 'dense_cl', 'dense']
+IMPLS = ['auto', 'cpp', 'triton', 'box', 'fft', 'dense_cl', 'dense']  # those the device does not support are skipped
 
 
 def _sync(device):
@@ -72,38 +73,48 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+class _Timer:
+    """Seconds of one run of ``fn``: CUDA events around it on CUDA (device time, launch gaps included), else the
+    host clock."""
+
+    def __init__(self, device):
+        self.cuda = device.type == 'cuda'
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], None]) -> float:
+        if self.cuda:
+            self.start.record()
+            fn()
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
 def _median_time(fn: Callable[[], None], device, reps: int, budget_s: float) -> float:
     """Median seconds over ``reps`` runs after one warm-up (fewer if over the time budget; the warm-up alone if one
     run exceeds it)."""
+    timer = _Timer(device)
     _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - t0
+    first = timer(fn)
     if first > budget_s:
         return first  # one run is over the budget: the warm-up is the measurement (slow dense reference)
     n = max(1, min(reps, int(budget_s / max(first, 1e-9))))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    _sync(device)
+    return statistics.median(timer(fn) for _ in range(n))
 
 
 def _paired_ratio(fn: Callable[[], None], ref: Callable[[], None], device, reps: int) -> float:
     """Median of ``time(fn) / time(ref)`` over ``reps`` back-to-back pairs: on a shared or throttling machine both
     sides of each pair see the same conditions, so the ratio is far steadier than a ratio of two separate medians."""
+    timer = _Timer(device)
     ratios = []
     for _ in range(reps):
-        pair = []
-        for f in (fn, ref):
-            _sync(device)
-            t0 = time.perf_counter()
-            f()
-            _sync(device)
-            pair.append(time.perf_counter() - t0)
+        _sync(device)
+        pair = [timer(f) for f in (fn, ref)]
         ratios.append(pair[0] / pair[1])
     return statistics.median(ratios)
 
@@ -153,7 +164,10 @@ def _make_runs(impl: str, x: torch.Tensor, w: torch.Tensor, grid, gy: torch.Tens
     return fwd, fwd_bwd
 
 
-def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget_s, skip_dense) -> List[Dict]:
+def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget_s, skip_dense,
+                errors: Optional[List[Dict]] = None) -> List[Dict]:
+    """Rows of every implementation at one shape; with ``errors`` given, a failing implementation is recorded there
+    (and skipped) instead of raising."""
     grid = ops.peripheral_grid(k, centre)
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -164,11 +178,9 @@ def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget
         gy = torch.randn(x.shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
         names = ['dw7'] + [i for i in impls if not (skip_dense and i == 'dense')]
         dw7_runs = _make_runs('dw7', x, w, grid, gy)
-        if layout == 'channels_last':
-            names = [i for i in names if i not in ('dense',)]  # the reference row is NCHW
+        if layout == 'channels_last' and device.type != 'cuda':
+            names = [i for i in names if i not in ('dense',)]  # on CPU the (slow) reference row is NCHW only
         for impl in names:
-            if impl not in ('dw7', 'auto') and not ops.peripheral_conv.resolve_impl(x, w, grid, impl):
-                continue
             try:
                 chosen = impl if impl in ('dw7',) else ops.resolve_impl(x, w, grid, impl).name
                 fwd, fwd_bwd = _make_runs(impl, x, w, grid, gy)
@@ -186,6 +198,13 @@ def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget
             except ValueError as err:  # implementation does not support this device/dtype
                 print(f'  skip {impl}: {err}', file=sys.stderr)
                 continue
+            except Exception as err:  # noqa: BLE001 - a failing implementation must not stop the other rows
+                if errors is None:
+                    raise
+                errors.append(dict(N=n, C=c, H=hw, K=k, layout=layout, impl=impl, error=f'{type(err).__name__}: '
+                                   f'{str(err)[:300]}'))
+                print(f'  FAILED {impl}: {type(err).__name__}: {err}', file=sys.stderr)
+                continue
             rows.append(row)
             print(f'  {n},{c},{hw}x{hw},K={k} {layout:13s} {impl:8s} fwd {row["fwd_ms"]:9.2f} ms  '
                   f'fwd+bwd {row["fwd_bwd_ms"]:9.2f} ms', file=sys.stderr, flush=True)
@@ -195,11 +214,14 @@ def bench_shape(n, c, hw, k, centre, impls, layouts, device, dtype, reps, budget
 
 def _add_ratios(rows: List[Dict]) -> None:
     dense = next((r for r in rows if r['impl'] == 'dense' and r['layout'] == 'NCHW'), None)
+    dense_same = {r['layout']: r for r in rows if r['impl'] == 'dense'}
     dw7 = {r['layout']: r for r in rows if r['impl'] == 'dw7'}
     for r in rows:
         for key in ('fwd_ms', 'fwd_bwd_ms'):
             tag = key[:-3]
             r[f'speedup_vs_dense_nchw_{tag}'] = dense[key] / r[key] if dense else None
+            same = dense_same.get(r['layout'])
+            r[f'speedup_vs_dense_same_layout_{tag}'] = same[key] / r[key] if same else None
             paired = r.get(f'paired_ratio_to_dw7_{tag}')
             r[f'ratio_to_dw7_same_layout_{tag}'] = paired if paired is not None else (
                 r[key] / dw7[r['layout']][key] if r['layout'] in dw7 else None)

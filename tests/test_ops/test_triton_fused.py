@@ -219,7 +219,8 @@ COMPILE_SCRIPT = textwrap.dedent('''
                                              (13, 5, 7, 'fp32')]:
         cells = axis_cells(peripheral_grid(kernel_size, centre), size)
         g, kw = len(cells.lo), cells.hi[-1] - cells.lo[0] + 1
-        for fn, block in ((k.periconv_fwd_kernel, it._BLOCK_ELEMS), (k.periconv_grad_w_kernel, it._GRAD_W_BLOCK_ELEMS)):
+        for fn, block in ((k.periconv_fwd_kernel, it._BLOCK_ELEMS),
+                          (k.periconv_grad_w_kernel, it._GRAD_W_BLOCK_ELEMS)):
             t = it.tiles(size, size, g, g, kw, block)
             const = dict(BH=t.bh, BW=t.bw, BWH=t.bwh, GHP=t.ghp, GWP=t.gwp, F64=False)
             sig = {a: 'constexpr' if a in const else
@@ -246,3 +247,30 @@ def test_triton_kernels_compile_for_hopper(tmp_path):
     proc = subprocess.run([sys.executable, str(script), ROOT], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count('compiled') == 8, proc.stdout
+
+
+def test_gpu_check_quick_smoke(triton_interpreter, tmp_path):
+    """``benchmarks/gpu_check.py --quick`` (on CPU: the Triton kernels through the interpreter) writes the JSON with
+    every part's status and time, the battery summary, the benchmark rows, the training rows and the table."""
+    spec = importlib.util.spec_from_file_location('gpu_check', os.path.join(ROOT, 'benchmarks', 'gpu_check.py'))
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    gpu_check.main(['--device', device, '--quick', '--out', str(tmp_path), '--impls', 'triton', 'box',
+                    '--dtypes', 'float32', '--bench-dtypes', 'float32', '--train-precisions', 'float32'])
+    data = json.loads((tmp_path / 'gpu_check.json').read_text())
+    parts = data['parts']
+    assert set(parts) == {'battery', 'bench', 'train'}
+    assert all(p['status'] in ('ok', 'skipped') and p['seconds'] >= 0 for p in parts.values()), parts
+    summary = {(g['impl'], g['layout']): g for g in parts['battery']['summary']}
+    assert set(summary) == {(i, layout) for i in ('triton', 'box') for layout in ('NCHW', 'channels_last')}
+    assert all(g['checks'] > 0 and g['failed'] == 0 and g['worst_err_over_tol'] <= 1 for g in summary.values())
+    bench = parts['bench']['rows']
+    assert {r['impl'] for r in bench} >= {'dw7', 'triton', 'box', 'auto'} and not parts['bench']['errors']
+    assert all(r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0 and 'speedup_vs_dense_same_layout_fwd_bwd' in r for r in bench)
+    if parts['train']['status'] == 'ok':
+        assert {r['net'] for r in parts['train']['rows']} == {'PeLK-T', 'ConvNeXt-T-like'}
+        assert all(r['img_per_s'] > 0 for r in parts['train']['rows'])
+    else:
+        assert 'backbone cannot be imported' in parts['train']['reason']
+    assert data['table'].startswith('| part | status | s | result |') and '| impl | dtype | layout |' in data['table']

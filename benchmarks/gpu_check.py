@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""One prepared GPU check of the peripheral conv (run by ``benchmarks/gpu_check.sh``; about 7 minutes on one H200).
+
+(a) battery: every implementation the device supports (triton, box, fft, dense_cl, dense, auto) x float32 /
+    bfloat16 / float16 x NCHW / channels_last x grid cases (K 1..101, odd sizes, maps smaller than the kernel, batch
+    1, PeLK stage shapes): forward, grad-input and grad-weight against a float64 dense reference (``repeat_interleave``
+    + ``F.conv2d``, TF32 off), fresh random inputs per case, and freed NaN-filled blocks handed out by the caching
+    allocator before every call, so a result element that is never written shows up as NaN.
+(b) op benchmark at the PeLK-T (and PeLK-101 stage-1) shapes, batch 64, float32 and bfloat16, NCHW and
+    channels_last: every implementation vs dense (cuDNN, both layouts) and a 7x7 depthwise conv, CUDA-event medians,
+    forward and forward+backward, peak memory (``benchmarks/bench_peripheral_conv.py``).
+(c) training-step throughput (224x224, batch 64, bf16 autocast and float32, interleaved in this process): PeLK-T
+    (``auto``), PeLK-T with ``dense``, SLaK-T-like, ConvNeXt-T-like and PeLK-101-T (``benchmarks/bench_pelk_train.py``).
+    Needs the backbone (mmengine); skipped, with the reason recorded, when it cannot be imported.
+
+Each part has its own time budget and records a failure instead of stopping the later parts. Everything goes to
+``<out>/gpu_check.json``; a short summary table is printed last.
+
+    python benchmarks/gpu_check.py [--out DIR] [--parts battery bench train]
+    TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu --quick   # smoke run on CPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import bench_peripheral_conv as bpc  # noqa: E402  (imports pelk_mm.ops with torch alone)
+
+ops = bpc.ops
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+IMPLS = ['triton', 'box', 'fft', 'dense_cl', 'dense', 'auto']
+LAYOUTS = {'NCHW': torch.contiguous_format, 'channels_last': torch.channels_last}
+
+
+# ------------------------------------------------------------------------------------------------ (a) battery
+def battery_cases(quick: bool) -> List[tuple]:
+    """``(N, C, H, W, grid)`` cases: K from 1 to 101, odd sizes, single rows, maps smaller than the kernel, several
+    row blocks and column tiles, PeLK stage shapes."""
+    g = ops.peripheral_grid
+    cases = [(1, 2, 5, 4, g(1, 1)), (1, 3, 7, 7, g(3, 3)), (1, 2, 1, 9, g(13)), (1, 4, 7, 7, g(13)),
+             (2, 3, 14, 13, g(47)), (1, 2, 12, 16, g(51)), (1, 2, 24, 9, g(101, 7)), (1, 2, 56, 3, g(101)),
+             (2, 2, 9, 10, (1, 2, 1, 3)), (1, 3, 20, 17, (3, 1, 5, 1, 2, 8, 5, 8)),
+             (1, 3, 130, 70, g(13)), (3, 5, 65, 97, (8, 5, 1, 1, 3, 1, 8, 2, 5, 8, 3, 8, 8)),
+             (4, 46, 56, 56, g(51)), (2, 46, 56, 56, g(101, 7)), (4, 93, 28, 28, g(49)), (4, 187, 14, 14, g(47)),
+             (8, 374, 7, 7, g(13))]
+    return cases[:4] if quick else cases
+
+
+def ref_conv(x: torch.Tensor, weight: torch.Tensor, grid) -> torch.Tensor:
+    """Float64 dense reference, built independently of the code under test."""
+    sizes = torch.tensor(list(grid), device=x.device)
+    dense = weight.repeat_interleave(sizes, dim=-1).repeat_interleave(sizes, dim=-2)
+    return F.conv2d(x, dense, padding=sum(grid) // 2, groups=x.shape[1])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max|a - b| / max|b|``; NaN if ``a`` holds a NaN (an element never written)."""
+    a, b = a.double(), b.double()
+    if torch.isnan(a).any():
+        return float('nan')
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def poison(device: torch.device, nbytes: List[int]) -> None:
+    """Fill blocks of these sizes with 0xFF (NaN in every float type) and free them: the caching allocator hands
+    them to the next allocations of those sizes, so unwritten output elements read NaN."""
+    if device.type != 'cuda':
+        return
+    junk = [torch.empty(n, dtype=torch.uint8, device=device).fill_(255) for n in nbytes]
+    del junk
+
+
+def check_one(impl: str, x: torch.Tensor, w: torch.Tensor, grid, gy: torch.Tensor, ref: tuple) -> Dict:
+    x = x.detach().requires_grad_(True)
+    w = w.detach().requires_grad_(True)
+    nb = x.numel() * x.element_size()
+    poison(x.device, [nb, nb, 4 * nb, 64 * w.numel() * 4])
+    y = ops.peripheral_conv2d(x, w, grid, impl)
+    poison(x.device, [nb, nb, 4 * nb, 64 * w.numel() * 4])
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    errs = {name: rel_err(a, b) for name, a, b in (('fwd', y, ref[0]), ('gx', gx, ref[1]), ('gw', gw, ref[2]))}
+    cl = torch.channels_last
+    same_format = x.is_contiguous(memory_format=cl) == y.is_contiguous(memory_format=cl)
+    return dict(errs, out_format_matches=same_format)
+
+
+def part_battery(args, deadline: float) -> Dict:
+    device = torch.device(args.device)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here
+    rows, gen = [], torch.Generator().manual_seed(int(time.time()))  # fresh inputs on every run
+    try:
+        for (n, c, h, w, grid) in battery_cases(args.quick):
+            for dname in args.dtypes:
+                if time.time() > deadline:
+                    return dict(rows=rows, note=f'time budget reached after {len(rows)} checks')
+                dtype = DTYPES[dname]
+                x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
+                wt = torch.randn(c, 1, len(grid), len(grid), generator=gen, dtype=torch.float64).to(device, dtype)
+                gy = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
+                xr, wr = x.double().requires_grad_(True), wt.double().requires_grad_(True)
+                yr = ref_conv(xr, wr, grid)
+                ref = (yr.detach(), *torch.autograd.grad(yr, (xr, wr), gy.double()))
+                for layout, fmt in LAYOUTS.items():
+                    xl, gyl = x.contiguous(memory_format=fmt), gy.contiguous(memory_format=fmt)
+                    for impl in args.impls:
+                        row = dict(impl=impl, dtype=dname, layout=layout, case=f'{n}x{c}x{h}x{w}-K{sum(grid)}')
+                        try:
+                            if impl != 'auto' and not ops.peripheral_conv._IMPLS[impl].supports(xl, wt, grid):
+                                continue
+                            row['runs'] = ops.resolve_impl(xl, wt, grid, impl).name
+                            row.update(check_one(impl, xl, wt, grid, gyl, ref))
+                            row['ok'] = all(row[k] <= TOL[dtype] for k in ('fwd', 'gx', 'gw'))  # NaN fails
+                        except Exception as err:  # noqa: BLE001 - record and go on
+                            row.update(ok=False, error=f'{type(err).__name__}: {str(err)[:300]}')
+                        rows.append(row)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return dict(rows=rows)
+
+
+def battery_summary(rows: List[Dict]) -> List[Dict]:
+    """Per (impl, dtype, layout): checks, failures, worst error / tolerance."""
+    groups: Dict[tuple, Dict] = {}
+    for r in rows:
+        g = groups.setdefault((r['impl'], r['dtype'], r['layout']), dict(impl=r['impl'], dtype=r['dtype'],
+                                                                         layout=r['layout'], checks=0, failed=0,
+                                                                         worst_err_over_tol=0.0))
+        g['checks'] += 1
+        g['failed'] += 0 if r.get('ok') else 1
+        errs = [r.get(k, float('nan')) for k in ('fwd', 'gx', 'gw')]
+        worst = max((e if e == e else float('inf')) for e in errs) / TOL[DTYPES[r['dtype']]]
+        g['worst_err_over_tol'] = max(g['worst_err_over_tol'], worst)
+    return list(groups.values())
+
+
+# ------------------------------------------------------------------------------------------------ (b) bench
+def part_bench(args, deadline: float) -> Dict:
+    device = torch.device(args.device)
+    shapes = bpc.QUICK_SHAPES if args.quick else bpc.FULL_SHAPES
+    batch = 1 if args.quick else args.batch
+    rows, errors, skipped = [], [], []
+    impls = [i for i in args.impls if i != 'auto'] + ['auto']
+    for dname in args.bench_dtypes:
+        for (c, hw, k, centre) in shapes:
+            for layout in LAYOUTS:
+                if time.time() > deadline:
+                    skipped.append(f'{dname} C={c} {hw}x{hw} K={k} {layout}')
+                    continue
+                got = bpc.bench_shape(batch, c, hw, k, centre, impls, [layout], device, DTYPES[dname],
+                                      1 if args.quick else args.reps, args.measure_budget, False, errors)
+                for r in got:
+                    r['dtype'] = dname
+                rows += got
+    return dict(rows=rows, errors=errors, skipped=skipped, table=bpc.markdown_table(rows))
+
+
+# ------------------------------------------------------------------------------------------------ (c) train
+QUICK_ARCH = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128], kernel_sizes=[13, 11, 7, 5])
+
+
+def part_train(args, deadline: float) -> Dict:
+    try:
+        import bench_pelk_train as bpt
+        from pelk_mm.models import PeLK  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - no mmengine on this machine: recorded, not fatal
+        return dict(status='skipped', reason=f'backbone cannot be imported: {type(err).__name__}: {err}', rows=[])
+    nets = dict(bpt.NETS)
+    if args.quick:
+        nets = {name: {**kw, 'arch': dict(QUICK_ARCH, kernel_sizes=[7] * 4) if 'ConvNeXt' in name else QUICK_ARCH}
+                for name, kw in nets.items() if name in ('PeLK-T', 'ConvNeXt-T-like')}
+    size, batch = (64, 1) if args.quick else (224, args.batch)
+    variants = {}
+    for prec in args.train_precisions:
+        for name, kw in nets.items():
+            if time.time() > deadline:
+                break
+            amp = None if prec == 'float32' else DTYPES[prec]
+            variants[f'{name} | {prec}'] = bpt.make_step(kw, args.device, batch, size, 1000, amp_dtype=amp)
+    rows = bpt.interleaved_throughput(variants, 1 if args.quick else args.rounds, batch, deadline)
+    for r in rows:
+        r['net'], r['precision'] = r['net'].split(' | ')
+    missing = [f'{n} | {p}' for p in args.train_precisions for n in nets if f'{n} | {p}' not in variants]
+    return dict(rows=rows, size=size, batch=batch, not_built=missing,
+                autotune={' '.join(map(str, k)): v for k, v in ops.autotune_cache().items()})
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_part(name: str, fn: Callable, args, budget: float) -> Dict:
+    t0 = time.time()
+    try:
+        res = fn(args, t0 + budget)
+        res.setdefault('status', 'ok')
+    except Exception as err:  # noqa: BLE001 - a broken part must not stop the later ones
+        res = dict(status='failed', reason=f'{type(err).__name__}: {err}', traceback=traceback.format_exc()[-4000:],
+                   rows=[])
+    res['seconds'] = round(time.time() - t0, 1)
+    print(f'[gpu_check] part {name}: {res["status"]} in {res["seconds"]} s', file=sys.stderr, flush=True)
+    return res
+
+
+def summary_table(parts: Dict[str, Dict]) -> str:
+    lines = ['| part | status | s | result |', '|---|---|---|---|']
+    for name, res in parts.items():
+        if name == 'battery' and res.get('rows'):
+            fails = sum(1 for r in res['rows'] if not r.get('ok'))
+            info = f"{len(res['rows'])} checks, {fails} failed {res.get('note', '')}"
+        elif name == 'bench':
+            info = f"{len(res.get('rows', []))} rows, {len(res.get('errors', []))} errors, " \
+                   f"{len(res.get('skipped', []))} skipped"
+        else:
+            info = res.get('reason') or f"{len(res.get('rows', []))} rows"
+        lines.append(f"| {name} | {res['status']} | {res['seconds']} | {info.strip()[:160]} |")
+    bat = parts.get('battery', {}).get('summary') or []
+    if bat:
+        lines += ['', '| impl | dtype | layout | checks | failed | worst err / tol |', '|---|---|---|---|---|---|']
+        lines += [f"| {g['impl']} | {g['dtype']} | {g['layout']} | {g['checks']} | {g['failed']} | "
+                  f"{g['worst_err_over_tol']:.3g} |" for g in bat]
+    bench = parts.get('bench', {}).get('rows') or []
+    if bench:
+        lines += ['', '| dtype | C,HxW,K | layout | impl (runs) | fwd ms | f+b ms | x dense same layout f+b | '
+                  '/ dw7 f+b |', '|---|---|---|---|---|---|---|---|']
+        for r in bench:
+            name = r['impl'] if r['impl'] == r['runs'] else f"{r['impl']} ({r['runs']})"
+            lines.append(f"| {r['dtype']} | {r['C']},{r['H']}x{r['W']},{r['K']} | {r['layout']} | {name} | "
+                         f"{r['fwd_ms']:.3g} | {r['fwd_bwd_ms']:.3g} | "
+                         f"{bpc._fmt(r.get('speedup_vs_dense_same_layout_fwd_bwd'), '.2f')} | "
+                         f"{bpc._fmt(r.get('ratio_to_dw7_same_layout_fwd_bwd'), '.2f')} |")
+    train = parts.get('train', {}).get('rows') or []
+    if train:
+        lines += ['', '| net | precision | img/s | s / step | steps |', '|---|---|---|---|---|']
+        lines += [f"| {r['net']} | {r['precision']} | {r['img_per_s']:.1f} | {r['step_s']:.4f} | {r['steps']} |"
+                  for r in train]
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--out', default=os.environ.get('OUT') or os.path.join(ROOT, 'work_dirs', 'gpu_check'))
+    p.add_argument('--device', default='cuda')
+    p.add_argument('--quick', action='store_true', help='tiny shapes, one rep (smoke run, e.g. on CPU)')
+    p.add_argument('--parts', nargs='+', default=['battery', 'bench', 'train'])
+    p.add_argument('--impls', nargs='+', default=IMPLS)
+    p.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument('--bench-dtypes', nargs='+', default=['bfloat16', 'float32'], choices=list(DTYPES))
+    p.add_argument('--train-precisions', nargs='+', default=['bfloat16', 'float32'], choices=['bfloat16', 'float32'])
+    p.add_argument('--batch', type=int, default=64)
+    p.add_argument('--reps', type=int, default=10, help='(b) timed repetitions per measurement (median)')
+    p.add_argument('--measure-budget', type=float, default=0.25, help='(b) seconds per measurement, at most')
+    p.add_argument('--rounds', type=int, default=8, help='(c) interleaved rounds')
+    p.add_argument('--budgets', type=float, nargs=3, default=[90, 200, 130], metavar=('A', 'B', 'C'),
+                   help='seconds for parts battery, bench, train')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    info = dict(torch=torch.__version__, python=platform.python_version(), device=args.device,
+                triton=ops.peripheral_conv._package_version('triton'), argv=sys.argv[1:] if argv is None else argv)
+    if args.device.startswith('cuda'):
+        info['gpu'] = torch.cuda.get_device_name()
+    budgets = dict(zip(['battery', 'bench', 'train'], args.budgets))
+    fns = dict(battery=part_battery, bench=part_bench, train=part_train)
+    parts = {}
+    for name in args.parts:
+        parts[name] = run_part(name, fns[name], args, budgets[name])
+        if name == 'battery':
+            parts[name]['summary'] = battery_summary(parts[name].get('rows', []))
+        table = summary_table(parts)
+        with open(os.path.join(args.out, 'gpu_check.json'), 'w') as f:  # after each part: a later crash keeps it
+            json.dump(dict(machine=info, parts=parts, table=table), f, indent=1, default=str)
+    print(f"\nGPU check: {info.get('gpu', args.device)}, torch {info['torch']}, triton {info['triton']}; "
+          f"wrote {os.path.join(args.out, 'gpu_check.json')}\n")
+    print(table)
+    return dict(machine=info, parts=parts, table=table)
+
+
+if __name__ == '__main__':
+    main()
