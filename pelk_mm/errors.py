@@ -9,12 +9,12 @@ Exit status of the tools: 2 for a user error, 3 when training was stopped by
 """
 from __future__ import annotations
 
-from typing import Tuple, Type
+from typing import Optional, Tuple, Type
 
 __all__ = [
     'LaunchError', 'ConfigValidationError', 'MissingDataError', 'DataFileError', 'DiskFullError',
     'CheckpointLoadError', 'CorruptCheckpointError', 'UnsafeCheckpointError', 'DeployFormError', 'DeployError',
-    'NonFiniteTrainingError', 'USER_ERRORS', 'one_line', 'format_user_error', 'exit_code'
+    'NonFiniteTrainingError', 'USER_ERRORS', 'one_line', 'format_user_error', 'exit_code', 'check_int'
 ]
 
 
@@ -120,3 +120,17 @@ def format_user_error(err: BaseException) -> str:
 def exit_code(err: BaseException) -> int:
     """3 for a training stopped by non-finite values, 2 for every other user error."""
     return 3 if isinstance(err, NonFiniteTrainingError) else 2
+
+
+def check_int(name: str, value, minimum: int = 1, odd: bool = False, maximum: Optional[int] = None,
+              maximum_name: str = '', why: str = '') -> int:
+    """``value`` if it is an int (not a bool) ``>= minimum`` (odd when ``odd``, at most ``maximum``), else a
+    ``ValueError`` of one line: ``<name> must be a positive [odd] int[ (why)], got <name>=<value>``."""
+    kind = ('a positive ' if minimum == 1 else f'an ') + ('odd int' if odd else 'int') + \
+        ('' if minimum == 1 else f' >= {minimum}')
+    because = f' ({why})' if why else ''
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (odd and value % 2 == 0):
+        raise ValueError(f'{name} must be {kind}{because}, got {name}={value!r}')
+    if maximum is not None and value > maximum:
+        raise ValueError(f'{name}={value} must not exceed {maximum_name or maximum}={maximum}{because}')
+    return value

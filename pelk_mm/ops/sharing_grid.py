@@ -18,6 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from pelk_mm.errors import check_int
+
 
 def _check_odd_kernel(kernel_size: int) -> None:
     if not isinstance(kernel_size, int) or isinstance(kernel_size, bool):
@@ -39,14 +41,11 @@ def peripheral_half_grid(kernel_size: int, center_size: int = 5, base: int = 2) 
         list[int]: e.g. ``peripheral_half_grid(51, 5) == [9, 8, 4, 2, 1, 1, 1]``.
     """
     _check_odd_kernel(kernel_size)
-    if not isinstance(center_size, int) or center_size < 1 or center_size % 2 == 0:
-        raise ValueError(f'center_size must be a positive odd int (side of the unshared centre), '
-                         f'got center_size={center_size!r}')
+    check_int('center_size', center_size, odd=True, why='side of the unshared centre')
     if center_size > kernel_size:
         raise ValueError(f'center_size={center_size} is larger than kernel_size={kernel_size}; '
                          f'the central fine region must fit inside the kernel (use center_size <= {kernel_size})')
-    if not isinstance(base, int) or base < 2:
-        raise ValueError(f'base must be an int >= 2 (exponential growth of the peripheral cells), got base={base!r}')
+    check_int('base', base, minimum=2, why='exponential growth of the peripheral cells')
     half_width = (kernel_size - 1) // 2
     r_c = (center_size - 1) // 2
     cells: List[int] = []  # centre -> outside, excluding the centre cell itself

@@ -42,7 +42,7 @@ def _cfg(rel, path, **overrides):
 IN_PROCESS = [
     (CLS, {'model.backbone.arch': 'huge'}, 'model.backbone.arch', "unknown PeLK arch 'huge'"),
     (CLS, {'model.backbone.arch.kernel_sizes': [12, 11, 7, 5]}, 'model.backbone.arch',
-     'kernel_sizes[0]=12 must be a positive odd int'),
+     'kernel_sizes[0] must be a positive odd int, got arch kernel_sizes[0]=12'),
     (CLS, {'model.backbone.arch.kernel_sizes': [13, 11, 7, 1]}, 'model.backbone.arch',
      'center_sizes[3]=3 is larger than kernel_sizes[3]=1'),
     (CLS, {'model.backbone.out_indices': [4]}, 'model.backbone.out_indices', 'out of range for 4 stages'),
@@ -120,7 +120,7 @@ def _cli_cases(ckpts):
     return {
         'arch': (CLS, ['model.backbone.arch=huge'], [], "config key `model.backbone.arch`: unknown PeLK arch 'huge'"),
         'even_kernel': (CLS, ['model.backbone.arch.kernel_sizes=[12,11,7,5]'], [],
-                        'kernel_sizes[0]=12 must be a positive odd int'),
+                        'kernel_sizes[0] must be a positive odd int, got arch kernel_sizes[0]=12'),
         'kernel_lt_center': (CLS, ['model.backbone.arch.kernel_sizes=[13,11,7,1]'], [],
                              'center_sizes[3]=3 is larger than kernel_sizes[3]=1'),
         'out_indices': (CLS, ['model.backbone.out_indices=[4]'], [], 'config key `model.backbone.out_indices`'),

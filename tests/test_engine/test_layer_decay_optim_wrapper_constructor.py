@@ -174,8 +174,8 @@ class ToyConvNeXt(nn.Module):
         self.norm3 = pelk.norm3
 
 
-@pytest.mark.parametrize('decay_type,num_layers', [('stage_wise', 6), ('layer_wise', 6), ('layer_wise', 12)])
-def test_name_fallback_matches_stock_mmseg(decay_type, num_layers):
+@pytest.mark.parametrize('decay_type,num_layers', [('stage_wise', 6), ('stage_wise', 12)])
+def test_stage_wise_names_match_stock_mmseg(decay_type, num_layers):
     import mmseg.engine  # noqa: F401  registers LearningRateDecayOptimizerConstructor
     from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMSEG_CONSTRUCTORS
 
@@ -243,8 +243,8 @@ def test_one_optimizer_step_uses_group_lrs():
 @pytest.mark.parametrize('paramwise_cfg,match', [
     (dict(decay_rate=0.9, decay_type='block_wise', num_layers=6), r"decay_type must be one of .*'block_wise'"),
     (dict(decay_rate=0.9, decay_type='stage_wise'), r'num_layers is required'),
-    (dict(decay_rate=0.9, decay_type='stage_wise', num_layers=0), r'num_layers must be a positive int, got 0'),
-    (dict(decay_rate=0.9, decay_type='stage_wise', num_layers='6'), r"num_layers must be a positive int, got '6'"),
+    (dict(decay_rate=0.9, decay_type='stage_wise', num_layers=0), r'num_layers must be a positive int, got paramwise_cfg.num_layers=0'),
+    (dict(decay_rate=0.9, decay_type='stage_wise', num_layers='6'), r"num_layers must be a positive int, got paramwise_cfg.num_layers='6'"),
     (dict(decay_rate=1.5, num_layers=6), r'decay_rate must be a number in \(0, 1\], got 1.5'),
     (dict(decay_rate=0.9, layer_decay_rate=0.9), r'both decay_rate=0.9 .* and layer_decay_rate=0.9'),
     (dict(num_layers=6), r'needs paramwise_cfg.decay_rate'),
@@ -261,11 +261,11 @@ def test_bad_model_raises():
     resnet_like = ToySegmentor(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
     with pytest.raises(ValueError, match=r"cannot assign stage_wise ids to Sequential: .*`downsample_layers"):
         build(resnet_like, decay_rate=RATE, decay_type='stage_wise', num_layers=6)
-    with pytest.raises(ValueError, match=r'Sequential has no get_layer_depth\(\), .*needs paramwise_cfg.num_layers'):
+    with pytest.raises(ValueError, match=r"Sequential has no get_layer_depth\(\), .*use decay_type='stage_wise'"):
         build(resnet_like, layer_decay_rate=RATE)
-    too_deep = ToySegmentor(ToyConvNeXt(tiny_pelk((1, 1, 13, 1), kpe_mode=None)))  # block 12 -> id 7
-    with pytest.raises(ValueError, match=r"num_layers=6 is too small for ToyConvNeXt: 'backbone.stages.2.12\."):
-        build(too_deep, decay_rate=RATE, decay_type='layer_wise', num_layers=6)
+    no_depths = ToySegmentor(ToyConvNeXt(tiny_pelk(kpe_mode=None)))
+    with pytest.raises(ValueError, match=r"ToyConvNeXt has no get_layer_depth\(\), so decay_type='layer_wise'"):
+        build(no_depths, decay_rate=RATE, decay_type='layer_wise', num_layers=6)
     with pytest.raises(ValueError, match=r'num_layers=3 is too small .* stage_wise id 4'):
         build(ToySegmentor(tiny_pelk()), decay_rate=RATE, decay_type='stage_wise', num_layers=3)
 
@@ -286,3 +286,24 @@ def test_mmpretrain_image_classifier_fine_tune_style():
     assert got['backbone.downsample_layers.0.0.weight'][1:3] == (RATE ** 7, BASE_WD)
     assert got['backbone.stages.2.3.pointwise_conv1.weight'][1] == RATE ** (7 - 4)
     assert got['backbone.stages.0.kpe'][1:3] == (RATE ** 6, BASE_WD)
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base', 'tiny-101', 'base-101'])
+def test_layer_ids_of_the_real_archs_are_convnexts(arch):
+    """Every parameter of the real PeLK archs gets ConvNeXt's layer id: mmpretrain's ConvNeXt.get_layer_depth on the
+    same names (an independent copy of the scheme), the stage embedding with the stage's first block."""
+    from types import SimpleNamespace
+
+    from mmpretrain.models.backbones import ConvNeXt
+    from pelk_mm.apis.validate import _params_on_meta
+    with _params_on_meta():  # names and shapes only: no memory, no initialisation
+        model = ToySegmentor(PeLK(arch=arch, out_indices=[0, 1, 2, 3], gap_before_final_norm=False))
+    reference = SimpleNamespace(depths=model.backbone.depths)
+    got = per_param(build(model, layer_decay_rate=RATE))
+    num_layers = 12 if model.backbone.depths[2] > 9 else 6
+    for name in got:
+        ref_name = name.replace('.kpe', '.0.kpe')  # ConvNeXt's scheme reads a block index after the stage
+        layer_id, total = ConvNeXt.get_layer_depth(reference, ref_name, 'backbone.')
+        assert total == num_layers + 2
+        assert got[name][1] == RATE ** (num_layers + 1 - layer_id), name
+    assert len(got) == len([p for p in model.parameters() if p.requires_grad])

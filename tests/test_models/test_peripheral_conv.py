@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pelk_mm.models.layers import KernelPositionEmbedding, PartialPeripheralConv, PeripheralConv2d
+from pelk_mm.models.layers import PartialPeripheralConv, PeripheralConv2d
 from pelk_mm.ops import peripheral_grid
 
 
@@ -57,16 +57,15 @@ def test_forward_and_grads_match_dense_reference(k, center, hw):
 def test_kpe_input_mode_is_eq3(hw):
     k = 13
     m = build(4, k, kpe_mode='input')
-    kpe = KernelPositionEmbedding(4, k).double()
+    kpe = torch.nn.Parameter(torch.randn(4, k, k, dtype=torch.float64))
     with torch.no_grad():
         m.weight.normal_()
-        kpe.weight.normal_()
     x = torch.randn(3, 4, *hw, dtype=torch.float64)
-    expected = reference_eq3(x, reference_dense_kernel(m.weight.detach(), m.grid).squeeze(1), kpe.weight.detach())
-    torch.testing.assert_close(m(x, kpe.weight), expected, rtol=1e-10, atol=1e-10)
+    expected = reference_eq3(x, reference_dense_kernel(m.weight.detach(), m.grid).squeeze(1), kpe.detach())
+    torch.testing.assert_close(m(x, kpe), expected, rtol=1e-10, atol=1e-10)
     # gradients reach the shared embedding
-    m(x, kpe.weight).sum().backward()
-    assert kpe.weight.grad is not None and kpe.weight.grad.abs().sum() > 0
+    m(x, kpe).sum().backward()
+    assert kpe.grad is not None and kpe.grad.abs().sum() > 0
 
 
 def test_kpe_bias_and_weight_modes():

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pelk_mm.models import PeLK
-from pelk_mm.models.layers import CONV_TYPES, PartialPeripheralConv, StripeConv2d
+from pelk_mm.models.layers import PartialPeripheralConv, StripeConv2d, conv_form_class
 
 
 def randomise_bn(module):
@@ -18,10 +18,9 @@ def randomise_bn(module):
 
 
 def test_registered_as_conv_type():
-    assert CONV_TYPES['stripe'] is StripeConv2d
-    m = PartialPeripheralConv(16, conv_ratio=0.5, conv_type='stripe', kernel_size=13, center_size=5, base=2,
-                              half_grid=None, small_kernel=5, kpe_mode=None, norm_cfg=dict(type='BN'),
-                              conv_impl='auto')
+    assert conv_form_class('stripe') is StripeConv2d and conv_form_class('StripeConv2d') is StripeConv2d
+    m = PartialPeripheralConv(16, conv_ratio=0.5, conv_type='stripe', kernel_size=13, small_kernel=5, kpe_mode=None,
+                              norm_cfg=dict(type='BN'))
     assert isinstance(m.conv, StripeConv2d) and m.conv.channels == 8
     assert m(torch.randn(2, 16, 9, 11)).shape == (2, 16, 9, 11)
 
@@ -96,7 +95,7 @@ def test_parameter_growth_7_to_51_matches_fig2():
     """Paper Fig. 2: 7 -> 51 multiplies the conv parameters by 7.3 (stripe, s=5) and 53.1 (dense)."""
     ratios = {}
     for conv_type in ('stripe', 'dense'):
-        small, large = (CONV_TYPES[conv_type](4, k, small_kernel=5, kpe_mode=None) for k in (7, 51))
+        small, large = (conv_form_class(conv_type)(4, k, small_kernel=5, kpe_mode=None) for k in (7, 51))
         ratios[conv_type] = large_kernel_params_per_channel(large) / large_kernel_params_per_channel(small)
     assert round(ratios['stripe'], 1) == 7.3
     assert round(ratios['dense'], 1) == 53.1
@@ -105,7 +104,6 @@ def test_parameter_growth_7_to_51_matches_fig2():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(kpe_mode='input'), 'kpe_mode=None'),
-    (dict(half_grid=[4, 1]), 'contradicts'),
     (dict(stripe_width=15), 'stripe_width=15 must not exceed kernel_size=13'),
     (dict(stripe_width=4), 'stripe_width must be a positive odd int'),
     (dict(small_kernel=6), 'small_kernel'),
@@ -115,9 +113,8 @@ def test_contradictory_arguments_raise(kwargs, message):
         StripeConv2d(4, 13, **kwargs)
 
 
-def test_ignored_peripheral_arguments_and_kpe_forward_error():
-    m = StripeConv2d(4, 13, center_size=7, base=3, conv_impl='dense')
-    assert m.kernel_size == 13
+def test_kpe_forward_error():
+    m = StripeConv2d(4, 13)
     with pytest.raises(ValueError, match='kpe_mode=None'):
         m(torch.randn(1, 4, 8, 8), torch.zeros(4, 13, 13))
     with pytest.raises(ValueError, match='kpe_mode'):

@@ -36,7 +36,7 @@ from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
 from pelk_mm.checkpoint import nonfinite_tensors, nonfinite_weights
-from pelk_mm.errors import NonFiniteTrainingError
+from pelk_mm.errors import NonFiniteTrainingError, check_int
 from pelk_mm.registry import HOOKS
 
 __all__ = ['NonFiniteGuardHook']
@@ -74,8 +74,7 @@ class NonFiniteGuardHook(Hook):
                  check_checkpoint: bool = True,
                  max_names: int = 3):
         for name, value in (('max_consecutive', max_consecutive), ('max_scaler_skips', max_scaler_skips)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'NonFiniteGuardHook: {name} must be a positive int, got {name}={value!r}')
+            check_int(name, value, why='a NonFiniteGuardHook setting')
         if not (check_loss or check_grads):
             raise ValueError('NonFiniteGuardHook: check_loss and check_grads are both False, so nothing would be '
                              'checked; enable at least one')

@@ -22,37 +22,12 @@ from mmengine.dist import get_dist_info
 from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from pelk_mm.errors import check_int
 from pelk_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 _DOWNSAMPLE = re.compile(r'^backbone\.downsample_layers\.(\d+)\.')
 _STAGE = re.compile(r'^backbone\.stages\.(\d+)\.([^.]+)')
-
-
-def convnext_layer_id(name: str, num_layers: int) -> Optional[int]:
-    """Layer id of parameter ``name`` in ConvNeXt's layer-wise scheme (mmseg ``get_layer_id_for_convnext``).
-
-    ``backbone.downsample_layers.{0,1,2,3}`` -> ``0, 2, 3, num_layers``; ``backbone.stages.{0,1}`` -> ``1, 2``;
-    ``backbone.stages.2.{j}`` -> ``3 + j // 3``; ``backbone.stages.3`` -> ``num_layers``; a stage-level parameter
-    that is not inside a block (e.g. PeLK's kernel-wise positional embedding ``backbone.stages.{i}.kpe``) goes with
-    the stage's first block. Returns ``None`` for a backbone parameter outside these modules (e.g. the output norms)
-    and ``num_layers + 1`` for parameters outside the backbone (heads, necks).
-    """
-    if not name.startswith('backbone.'):
-        return num_layers + 1
-    match = _DOWNSAMPLE.match(name)
-    if match:
-        return {0: 0, 1: 2, 2: 3}.get(int(match.group(1)), num_layers)
-    match = _STAGE.match(name)
-    if match:
-        stage_id = int(match.group(1))
-        block_id = int(match.group(2)) if match.group(2).isdigit() else 0
-        if stage_id in (0, 1):
-            return stage_id + 1
-        if stage_id == 2:
-            return 3 + block_id // 3
-        return num_layers
-    return None
 
 
 def convnext_stage_id(name: str, num_layers: int) -> Optional[int]:
@@ -99,18 +74,17 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``decay_rate`` (float in (0, 1]): multiplier per layer (stage) below the top;
     - ``decay_type`` (``'layer_wise'`` or ``'stage_wise'``, default ``'layer_wise'``);
     - ``num_layers`` (int): number of layer ids of the backbone (ConvNeXt/PeLK: 6 when stage 3 has <= 9 blocks,
-      else 12). Required for ``stage_wise``; optional for ``layer_wise`` when the backbone has
-      ``get_layer_depth`` (its count is used, and a different ``num_layers`` is an error),
+      else 12). Required for ``stage_wise``; optional for ``layer_wise`` (the count of the backbone's
+      ``get_layer_depth`` is used, and a different ``num_layers`` is an error),
 
     or the mmpretrain key ``layer_decay_rate`` (same as ``decay_rate``; use one of the two), plus every option of
     :class:`~mmengine.optim.DefaultOptimWrapperConstructor` (``custom_keys`` with ``lr_mult``/``decay_mult``,
     ``bias_decay_mult``, ``norm_decay_mult``, ``dwconv_decay_mult``, ``flat_decay_mult``, ``bias_lr_mult``,
     ``bypass_duplicate``).
 
-    Layer ids. ``layer_wise``: from ``model.backbone.get_layer_depth(name, 'backbone.')`` when the backbone has it
-    (PeLK, mmpretrain ConvNeXt), otherwise from the ConvNeXt parameter names ``backbone.downsample_layers.{i}`` and
-    ``backbone.stages.{i}.{j}`` (:func:`convnext_layer_id`). ``stage_wise``: from those names
-    (:func:`convnext_stage_id`). Parameters outside the backbone (heads, necks) and the backbone's output norms get
+    Layer ids. ``layer_wise``: the backbone's own scheme, ``model.backbone.get_layer_depth(name, 'backbone.')``
+    (PeLK, mmpretrain's ConvNeXt); a backbone without it needs ``stage_wise``. ``stage_wise``: from the ConvNeXt
+    parameter names ``backbone.downsample_layers.{i}`` and ``backbone.stages.{i}`` (:func:`convnext_stage_id`). Parameters outside the backbone (heads, necks) and the backbone's output norms get
     id ``num_layers + 1``. A parameter with id ``i`` gets ``lr = base_lr * lr_mult * decay_rate ** (num_layers + 1
     - i)`` and the group keys ``lr_scale`` and ``layer_id``, as mmseg's constructor does.
 
@@ -142,9 +116,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if decay_type not in DECAY_TYPES:
             raise ValueError(f'paramwise_cfg.decay_type must be one of {DECAY_TYPES}, got {decay_type!r}')
         num_layers = paramwise_cfg.get('num_layers')
-        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
-                                       or num_layers < 1):
-            raise ValueError(f'paramwise_cfg.num_layers must be a positive int, got {num_layers!r}')
+        if num_layers is not None:
+            check_int('paramwise_cfg.num_layers', num_layers)
         if decay_type == 'stage_wise' and num_layers is None:
             raise ValueError("paramwise_cfg.num_layers is required with decay_type='stage_wise' (ConvNeXt/PeLK "
                              'recipes: 6 for T, 12 for S/B)')
@@ -169,7 +142,11 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         backbone_cls = type(backbone).__name__
         names = [n for n, p in module.named_parameters() if p.requires_grad and n.startswith('backbone.')]
 
-        if self.decay_type == 'layer_wise' and hasattr(backbone, 'get_layer_depth'):
+        if self.decay_type == 'layer_wise':
+            if not hasattr(backbone, 'get_layer_depth'):
+                raise ValueError(f"{backbone_cls} has no get_layer_depth(), so decay_type='layer_wise' cannot ask "
+                                 f"it for layer ids; use decay_type='stage_wise' with paramwise_cfg.num_layers, or "
+                                 f'a backbone with get_layer_depth (PeLK, mmpretrain ConvNeXt)')
             max_depths = {backbone.get_layer_depth(n, 'backbone.')[1] for n in names}
             if len(max_depths) > 1:
                 raise ValueError(f'{backbone_cls}.get_layer_depth returned different layer counts {max_depths}')
@@ -184,25 +161,20 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
             return layer_id, num_layers
 
-        if self.num_layers is None:
-            raise ValueError(f"{backbone_cls} has no get_layer_depth(), so decay_type='layer_wise' needs "
-                             f'paramwise_cfg.num_layers (ConvNeXt-style: 6 or 12)')
         num_layers = self.num_layers
-        scheme = convnext_layer_id if self.decay_type == 'layer_wise' else convnext_stage_id
-        ids = {n: scheme(n, num_layers) for n in names}
+        ids = {n: convnext_stage_id(n, num_layers) for n in names}
         if names and all(i is None for i in ids.values()):
             raise ValueError(
-                f"cannot assign {self.decay_type} ids to {backbone_cls}: none of its parameters is under "
-                f'`downsample_layers.{{i}}` or `stages.{{i}}.{{j}}` (ConvNeXt-style names)'
-                + ('' if self.decay_type == 'stage_wise' else ' and it has no get_layer_depth()'))
+                f"cannot assign stage_wise ids to {backbone_cls}: none of its parameters is under "
+                f'`downsample_layers.{{i}}` or `stages.{{i}}` (ConvNeXt-style names)')
         top = max((i for i in ids.values() if i is not None), default=0)
         if top > num_layers:
             worst = next(n for n, i in ids.items() if i == top)
             raise ValueError(f'paramwise_cfg.num_layers={num_layers} is too small for {backbone_cls}: '
-                             f'{worst!r} gets {self.decay_type} id {top}; use num_layers >= {top}')
+                             f'{worst!r} gets stage_wise id {top}; use num_layers >= {top}')
 
         def layer_id(name: str) -> int:
-            i = scheme(name, num_layers)
+            i = convnext_stage_id(name, num_layers)
             return num_layers + 1 if i is None else i
 
         return layer_id, num_layers

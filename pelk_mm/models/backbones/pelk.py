@@ -12,13 +12,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pelk_mm.errors import check_int
 from pelk_mm.registry import MODELS
-from ..layers import KPE_MODES, LayerNorm2d, PartialPeripheralConv
+from ..layers import KPE_MODES, DropPath, LayerNorm2d, PartialPeripheralConv, conv_form_class
+from ..layers.conv_form import form_args_of
 
 
 @contextlib.contextmanager
@@ -50,8 +51,8 @@ class PeLKBlock(BaseModule):
         with_cp (bool): Activation checkpointing: the block's activations are recomputed in the backward pass
             (non-reentrant ``torch.utils.checkpoint``); BatchNorm running statistics are updated once per forward,
             as without it. Defaults to False.
-        **mixer_kwargs: ``conv_ratio``, ``center_size``, ``base``, ``half_grid``, ``small_kernel``, ``kpe_mode``,
-            ``norm_cfg``, ``conv_impl`` and ``deploy`` of :class:`PartialPeripheralConv`.
+        **mixer_kwargs: ``conv_ratio``, ``conv_type`` and the conv form's arguments (see
+            :class:`~pelk_mm.models.layers.PartialPeripheralConv`).
 
     Shapes:
         x: ``(N, C, H, W)`` -> ``(N, C, H, W)``; ``kpe``: the stage embedding ``(g, K, K)`` or ``None``.
@@ -139,8 +140,13 @@ class PeLK(BaseModule):
         base (int): Peripheral grid growth base. Defaults to 2.
         half_grids (list, optional): Per-stage explicit half grids (ablations); ``None`` entries use Eq. 2.
         conv_ratio (float): Fraction of channels that go through the peripheral conv. Defaults to 3/8.
-        conv_type (str): Large-kernel form: ``'peripheral'`` (PeLK), ``'dense'`` (plain K x K) or other
-            registered forms in ``pelk_mm.models.layers.CONV_TYPES``. Defaults to ``'peripheral'``.
+        conv_type (str): Large-kernel conv form, a name registered in ``MODELS`` (see
+            :mod:`pelk_mm.models.layers.conv_form`): ``'peripheral'`` (PeLK), ``'dense'`` (plain K x K),
+            ``'stripe'`` (SLaK's K x 5 + 5 x K) or a user's form. Defaults to ``'peripheral'``.
+        conv_cfg (dict, optional): The form's own arguments, e.g. ``dict(stripe_width=7)`` for ``'stripe'``; a
+            ``type`` key is the same as ``conv_type``. ``center_sizes`` (from the arch), ``base``, ``half_grids``
+            and ``conv_impl`` go to the forms that take them; setting one (``center_sizes`` as an override) for a
+            form without it is an error. Defaults to None.
         small_kernel (int, optional): Parallel small depthwise conv + BN (re-param branch). Defaults to 5.
         kpe_mode (str, optional): Kernel-wise positional embedding: ``'input'`` (Eq. 3), ``'bias'``,
             ``'weight'`` or ``None``. One embedding per stage, shared by its blocks. Defaults to ``'input'``.
@@ -178,6 +184,11 @@ class PeLK(BaseModule):
         'tiny-151': dict(depths=[3, 3, 9, 3], channels=[124, 249, 499, 998], kernel_sizes=[151, 89, 87, 13],
                          center_sizes=[5, 5, 5, 5]),
     }
+    #: conv form arguments the backbone sets itself -> the PeLK argument they come from
+    _BACKBONE_FORM_ARGS = {'channels': 'arch', 'kernel_size': 'kernel_sizes', 'center_size': 'center_sizes',
+                           'half_grid': 'half_grids', 'base': 'base', 'conv_impl': 'conv_impl',
+                           'small_kernel': 'small_kernel', 'kpe_mode': 'kpe_mode', 'norm_cfg': 'conv_norm_cfg',
+                           'deploy': 'deploy'}
     arch_aliases = {'t': 'tiny', 's': 'small', 'b': 'base', 't-101': 'tiny-101', 'b-101': 'base-101'}
 
     def __init__(self,
@@ -190,6 +201,7 @@ class PeLK(BaseModule):
                  half_grids: Optional[Sequence] = None,
                  conv_ratio: float = 3 / 8,
                  conv_type: str = 'peripheral',
+                 conv_cfg: Optional[dict] = None,
                  small_kernel: Optional[int] = 5,
                  kpe_mode: Optional[str] = 'input',
                  kpe_std: float = 0.02,
@@ -234,6 +246,14 @@ class PeLK(BaseModule):
             raise ValueError(f'deploy must be True or False, got deploy={deploy!r}')
         self.deploy = deploy
         self.kpe_mode = kpe_mode
+        conv_cfg = dict(conv_cfg or {})
+        conv_type = conv_cfg.pop('type', conv_type)
+        for key, own in self._BACKBONE_FORM_ARGS.items():
+            if key in conv_cfg:
+                raise ValueError(f'conv_cfg sets {key}={conv_cfg[key]!r}, which the backbone sets for every block '
+                                 f'from its own argument: pass {own}=... to PeLK instead')
+        conv_form_class(conv_type)  # a bad name fails here, once, not in every block
+        self.conv_type = conv_type
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.downsample_layers = ModuleList()
@@ -248,9 +268,15 @@ class PeLK(BaseModule):
                 self.downsample_layers.append(nn.Sequential(
                     LayerNorm2d(self.channels[i - 1]),
                     nn.Conv2d(self.channels[i - 1], channels, kernel_size=2, stride=2)))
-            mixer = dict(conv_ratio=conv_ratio, conv_type=conv_type, center_size=self.center_sizes[i], base=base,
-                         half_grid=half_grids[i], small_kernel=small_kernel, kpe_mode=kpe_mode,
-                         norm_cfg=copy.deepcopy(conv_norm_cfg), conv_impl=conv_impl, deploy=deploy)
+            # NOTE: a form gets only the arguments it takes; a setting the user made for another form is an error,
+            # the arch's default centre sizes are not (they describe the peripheral grid of the arch)
+            form_args = form_args_of(conv_type, dict(
+                center_size=(self.center_sizes[i], None if center_sizes is None else f'center_sizes={center_sizes}'),
+                base=(base, None if base == 2 else f'base={base}'),
+                half_grid=(half_grids[i], None if half_grids[i] is None else f'half_grids={half_grids}'),
+                conv_impl=(conv_impl, None if conv_impl == 'auto' else f'conv_impl={conv_impl!r}')))
+            mixer = dict(conv_ratio=conv_ratio, conv_type=conv_type, small_kernel=small_kernel, kpe_mode=kpe_mode,
+                         norm_cfg=copy.deepcopy(conv_norm_cfg), deploy=deploy, **form_args, **conv_cfg)
             blocks = [
                 PeLKBlock(channels, self.kernel_sizes[i], mlp_ratio=mlp_ratio, drop_path_rate=dpr[block_idx + j],
                           layer_scale_init_value=layer_scale_init_value, with_cp=with_cp, **mixer)
@@ -303,8 +329,7 @@ class PeLK(BaseModule):
                 raise ValueError(f'arch[{key!r}]={list(arch[key])} has {len(arch[key])} entries but '
                                  f'arch["depths"]={list(arch["depths"])} has {n}: give one per stage')
         for i, (k, c) in enumerate(zip(arch['kernel_sizes'], arch['center_sizes'])):
-            if not isinstance(k, int) or k < 1 or k % 2 == 0:
-                raise ValueError(f'arch kernel_sizes[{i}]={k!r} must be a positive odd int')
+            check_int(f'arch kernel_sizes[{i}]', k, odd=True)
             if c > k:
                 raise ValueError(f'arch center_sizes[{i}]={c} is larger than kernel_sizes[{i}]={k}; '
                                  f'the kernel must contain its central fine region')

@@ -11,7 +11,7 @@ the block weights into the dense kernel cropped to the map, one product with the
 (:func:`blocked_kpe_input_term`); only the gather indices and band matrices, which depend on nothing but the
 grid and the map size, are kept between calls (:func:`kpe_term_plan`).
 
-Modes (project decision 2 in the reference notes; the paper is silent on the exact variant):
+Modes (the paper does not pin down the variant; ``'input'`` is the literal reading of Eq. 3):
 
 * ``'input'`` -- Eq. 3 literally: ``h`` is added only to taps that fall inside the image (zero padding stays zero).
   The term is ``A_H (w * h) A_W^T`` per channel with 0/1 band matrices ``A``: ``O(C K (H + W) K)``, no convolution.
@@ -25,32 +25,10 @@ import functools
 from typing import Sequence, Tuple
 
 import torch
-import torch.nn as nn
-from mmengine.model.weight_init import trunc_normal_
 
 from pelk_mm.ops._cells import axis_cells, cropped_grid
 
 KPE_MODES = ('input', 'bias', 'weight')
-
-
-class KernelPositionEmbedding(nn.Module):
-    """One learnable ``(C, K, K)`` embedding, shared by all the blocks of a PeLK stage.
-
-    Args:
-        channels (int): Number of convolved channels ``C``.
-        kernel_size (int): Dense kernel size ``K``.
-        std (float): Std of the truncated-normal init. Defaults to 0.02.
-    """
-
-    def __init__(self, channels: int, kernel_size: int, std: float = 0.02):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(channels, kernel_size, kernel_size))
-        self.std = std
-        trunc_normal_(self.weight, std=std)
-
-    def extra_repr(self) -> str:
-        c, k, _ = self.weight.shape
-        return f'channels={c}, kernel_size={k}'
 
 
 def border_band(size: int, kernel_size: int, device=None, dtype=None) -> torch.Tensor:
@@ -60,23 +38,6 @@ def border_band(size: int, kernel_size: int, device=None, dtype=None) -> torch.T
     t = torch.arange(kernel_size, device=device).unsqueeze(0)
     pos = y + t - pad
     return ((pos >= 0) & (pos < size)).to(dtype or torch.float32)
-
-
-def kpe_input_term(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Border-aware KPE term ``conv(ones, kernel)`` for an ``H x W`` map, computed by two band matmuls.
-
-    Args:
-        kernel (Tensor): ``(C, Kh, Kw)`` with odd ``Kh``, ``Kw``, i.e. ``w * h`` (dense weight times embedding),
-            centred on the tap offset 0 (a kernel cropped to the map keeps its centre).
-        height (int): Map height ``H``.
-        width (int): Map width ``W``.
-
-    Returns:
-        Tensor: ``(1, C, H, W)``.
-    """
-    a_h = border_band(height, kernel.shape[-2], kernel.device, kernel.dtype)
-    a_w = border_band(width, kernel.shape[-1], kernel.device, kernel.dtype)
-    return torch.matmul(torch.matmul(a_h, kernel), a_w.t()).unsqueeze(0)
 
 
 @functools.lru_cache(maxsize=512)

@@ -6,13 +6,15 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
-from pelk_mm.errors import DeployFormError
+from pelk_mm.errors import DeployFormError, check_int
 from pelk_mm.ops import expand_kernel, grid_bounds, peripheral_conv2d, peripheral_grid
+from pelk_mm.registry import MODELS
+from .conv_form import LargeKernelConv, build_conv_form
 from .kernel_position_embedding import KPE_MODES, blocked_kpe_input_term
+from .norm import build_norm
 
 
 def _fuse_bn(kernel: torch.Tensor, bn: Optional[nn.Module]):
@@ -102,7 +104,8 @@ class DeployFormMixin:
                                       error_msgs)
 
 
-class PeripheralConv2d(DeployFormMixin, BaseModule):
+@MODELS.register_module(name=['PeripheralConv2d', 'peripheral'])
+class PeripheralConv2d(DeployFormMixin, LargeKernelConv):
     """Depthwise peripheral convolution with its BatchNorm and an optional parallel small-kernel branch.
 
     ``y = BN(PeriConv(x) [+ KPE term]) + BN_s(DWConv_s(x))``. The ``K x K`` kernel is parameterised by a
@@ -165,14 +168,11 @@ class PeripheralConv2d(DeployFormMixin, BaseModule):
                  deploy: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f'channels must be a positive int, got channels={channels!r}')
+        check_int('channels', channels)
         self.grid = peripheral_grid(kernel_size, center_size, base, half_grid)
         if small_kernel is not None:
-            if not isinstance(small_kernel, int) or small_kernel < 1 or small_kernel % 2 == 0 \
-                    or small_kernel > kernel_size:
-                raise ValueError(f'small_kernel must be None or an odd int <= kernel_size={kernel_size}, '
-                                 f'got small_kernel={small_kernel!r}')
+            check_int('small_kernel', small_kernel, odd=True, maximum=kernel_size, maximum_name='kernel_size',
+                      why='or None for no small-kernel branch')
         if kpe_mode is not None and kpe_mode not in KPE_MODES:
             raise ValueError(f'kpe_mode must be one of {KPE_MODES} or None, got kpe_mode={kpe_mode!r}')
         if not isinstance(deploy, bool):
@@ -198,11 +198,11 @@ class PeripheralConv2d(DeployFormMixin, BaseModule):
             return
         self.weight = nn.Parameter(torch.empty(channels, 1, k, k))
         trunc_normal_(self.weight, std=0.02)
-        self.norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+        self.norm = build_norm(norm_cfg, channels)
         if small_kernel is not None:
             self.small_conv = nn.Conv2d(channels, channels, small_kernel, padding=small_kernel // 2,
                                         groups=channels, bias=False)
-            self.small_norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+            self.small_norm = build_norm(norm_cfg, channels)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -351,17 +351,23 @@ class PeripheralConv2d(DeployFormMixin, BaseModule):
         self._become_deployed(self.reparameterized(kpe), self.weight)
 
 
+@MODELS.register_module(name=['DenseLargeKernelConv2d', 'dense'])
 class DenseLargeKernelConv2d(PeripheralConv2d):
-    """Plain dense ``K x K`` depthwise kernel (RepLKNet/"dense" in the paper's dense-vs-stripe study): the same
-    module with an all-unshared grid, so BN, the small-kernel branch, KPE and deploy behave identically."""
+    """Plain dense ``K x K`` depthwise kernel (RepLKNet/"dense" in the paper's dense-vs-stripe study): the module of
+    :class:`PeripheralConv2d` with an all-unshared grid, so BN, the small-kernel branch, KPE and deploy behave
+    identically. It has no peripheral grid, so it takes no ``center_size``, ``base`` or ``half_grid``."""
 
-    def __init__(self, channels: int, kernel_size: int, center_size: int = 5, base: int = 2,
-                 half_grid: Optional[Sequence[int]] = None, **kwargs):
-        super().__init__(channels, kernel_size, center_size=kernel_size, base=base, half_grid=None, **kwargs)
-
-
-#: Large-kernel conv forms selectable with ``conv_type`` (PeLK's dense-vs-stripe study); other modules add theirs.
-CONV_TYPES = {'peripheral': PeripheralConv2d, 'dense': DenseLargeKernelConv2d}
+    def __init__(self,
+                 channels: int,
+                 kernel_size: int,
+                 small_kernel: Optional[int] = 5,
+                 kpe_mode: Optional[str] = 'input',
+                 norm_cfg: Optional[dict] = dict(type='BN'),
+                 conv_impl: str = 'auto',
+                 deploy: bool = False,
+                 init_cfg=None):
+        super().__init__(channels, kernel_size, center_size=kernel_size, small_kernel=small_kernel,
+                         kpe_mode=kpe_mode, norm_cfg=norm_cfg, conv_impl=conv_impl, deploy=deploy, init_cfg=init_cfg)
 
 
 class PartialPeripheralConv(BaseModule):
@@ -371,9 +377,10 @@ class PartialPeripheralConv(BaseModule):
     Args:
         channels (int): Channels ``C`` of the input and output.
         conv_ratio (float): Fraction of channels convolved, in ``(0, 1]``. Defaults to 3/8.
-        conv_type (str): Large-kernel form, a key of :data:`CONV_TYPES`: ``'peripheral'`` (default) or
-            ``'dense'`` (and ``'stripe'`` when registered).
-        **conv_kwargs: Passed to the conv class.
+        conv_type (str): Registered large-kernel conv form (see :mod:`~pelk_mm.models.layers.conv_form`):
+            ``'peripheral'`` (default), ``'dense'``, ``'stripe'`` or a user's form.
+        **conv_kwargs: The form's arguments (``kernel_size`` and the form's own); an argument the form does not
+            take raises ``ValueError`` naming both.
 
     Shapes:
         x: ``(N, C, H, W)`` -> ``(N, C, H, W)``; ``kpe``: ``(int(conv_ratio * C), K, K)``.
@@ -382,8 +389,6 @@ class PartialPeripheralConv(BaseModule):
     def __init__(self, channels: int, conv_ratio: float = 3 / 8, conv_type: str = 'peripheral', init_cfg=None,
                  **conv_kwargs):
         super().__init__(init_cfg=init_cfg)
-        if conv_type not in CONV_TYPES:
-            raise ValueError(f'conv_type must be one of {sorted(CONV_TYPES)}, got conv_type={conv_type!r}')
         if isinstance(conv_ratio, bool) or not isinstance(conv_ratio, (int, float)) \
                 or not 0 < conv_ratio <= 1:
             raise ValueError(f'conv_ratio must be a number in (0, 1] (fraction of channels that go through the '
@@ -395,7 +400,7 @@ class PartialPeripheralConv(BaseModule):
         self.channels = channels
         self.conv_channels = conv_channels
         self.conv_type = conv_type
-        self.conv = CONV_TYPES[conv_type](conv_channels, **conv_kwargs)
+        self.conv = build_conv_form(conv_type, conv_channels, **conv_kwargs)
 
     def forward(self, x: torch.Tensor, kpe: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.conv_channels == self.channels:

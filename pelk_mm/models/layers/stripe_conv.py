@@ -8,7 +8,7 @@ and the small kernel folds into the centre of the ``K x s`` stripe: two convs of
 instead of the ``K x K`` kernel they sum to.
 
 ``conv_type='stripe'`` selects it in :class:`~pelk_mm.models.layers.PartialPeripheralConv` and in
-:class:`~pelk_mm.models.backbones.PeLK`.
+:class:`~pelk_mm.models.backbones.PeLK`; ``conv_cfg=dict(stripe_width=...)`` sets its short side.
 """
 from __future__ import annotations
 
@@ -17,29 +17,22 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_norm_layer
-from mmengine.model import BaseModule
-
-from .peripheral_conv import CONV_TYPES, DeployFormMixin, _fuse_bn
-
-
-def _check_odd(name: str, value, upper: Optional[int] = None, upper_name: str = '') -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
-        raise ValueError(f'{name} must be a positive odd int, got {name}={value!r}')
-    if upper is not None and value > upper:
-        raise ValueError(f'{name}={value} must not exceed {upper_name}={upper}')
+from pelk_mm.errors import check_int
+from pelk_mm.registry import MODELS
+from .conv_form import LargeKernelConv
+from .norm import build_norm
+from .peripheral_conv import DeployFormMixin, _fuse_bn
 
 
-class StripeConv2d(DeployFormMixin, BaseModule):
+@MODELS.register_module(name=['StripeConv2d', 'stripe'])
+class StripeConv2d(DeployFormMixin, LargeKernelConv):
     """Depthwise stripe large kernel (SLaK): ``BN(DW_{K x s}(x)) + BN(DW_{s x K}(x)) [+ BN(DW_{k_s x k_s}(x))]``.
 
     Per channel it has ``2 * K * s`` large-kernel parameters instead of ``K * K`` (7 -> 51 grows them 7.3x,
     against 53.1x for a dense kernel; paper Fig. 2).
 
-    It takes the keyword arguments that :class:`~pelk_mm.models.layers.PartialPeripheralConv` passes to every
-    large-kernel form. The peripheral-grid ones do not apply: ``center_size`` and ``base`` are ignored (PeLK always
-    passes them), but an explicit ``half_grid`` contradicts a stripe kernel and raises. The kernel-wise positional
-    embedding is not supported (``kpe_mode`` must be ``None``): SLaK, which Table 1 evaluates, has none, and
+    It has no sharing grid (no ``center_size``, ``base``, ``half_grid``) and runs plain ``nn.Conv2d`` (no
+    ``conv_impl``). The kernel-wise positional embedding is not supported (``kpe_mode`` must be ``None``): SLaK, which Table 1 evaluates, has none, and
     Eq. 3 needs one kernel per BN while the stripe form has one BN per branch. Build the backbone with
     ``conv_type='stripe', kpe_mode=None``.
 
@@ -51,11 +44,6 @@ class StripeConv2d(DeployFormMixin, BaseModule):
             ``None`` disables it. Defaults to 5.
         kpe_mode (str, optional): Must be ``None`` (see above).
         norm_cfg (dict, optional): Norm after each branch. Defaults to ``dict(type='BN')``; ``None`` for none.
-        conv_impl (str): Accepted for interface compatibility; the stripes are plain ``nn.Conv2d`` (the
-            peripheral-conv implementations do not apply). Defaults to ``'auto'``.
-        center_size (int): Ignored (peripheral grid only).
-        base (int): Ignored (peripheral grid only).
-        half_grid (Sequence[int], optional): Must be ``None``.
         deploy (bool): Build the deploy form directly (to load a converted checkpoint): ``conv_h_reparam``
             (``K x s`` with the bias, the small kernel folded into its centre when ``small_kernel <= s``, else kept
             as ``small_reparam``) and ``conv_w_reparam`` (``s x K``). Defaults to False.
@@ -75,31 +63,22 @@ class StripeConv2d(DeployFormMixin, BaseModule):
                  small_kernel: Optional[int] = 5,
                  kpe_mode: Optional[str] = None,
                  norm_cfg: Optional[dict] = dict(type='BN'),
-                 conv_impl: str = 'auto',
-                 center_size: int = 5,
-                 base: int = 2,
-                 half_grid: Optional[Sequence[int]] = None,
                  deploy: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f'channels must be a positive int, got channels={channels!r}')
-        _check_odd('kernel_size', kernel_size)
-        _check_odd('stripe_width', stripe_width, kernel_size, 'kernel_size')
+        check_int('channels', channels)
+        check_int('kernel_size', kernel_size, odd=True)
+        check_int('stripe_width', stripe_width, odd=True, maximum=kernel_size, maximum_name='kernel_size')
         if small_kernel is not None:
-            _check_odd('small_kernel', small_kernel, kernel_size, 'kernel_size')
+            check_int('small_kernel', small_kernel, odd=True, maximum=kernel_size, maximum_name='kernel_size')
         if kpe_mode is not None:
             raise ValueError(f'the stripe kernel (conv_type="stripe") has no kernel-wise positional embedding, got '
                              f'kpe_mode={kpe_mode!r}; build it with kpe_mode=None (SLaK, paper Table 1, has none)')
-        if half_grid is not None:
-            raise ValueError(f'half_grid={list(half_grid)!r} describes a peripheral sharing grid and contradicts '
-                             f'conv_type="stripe"; pass half_grid=None (half_grids=None in PeLK)')
         self.channels = channels
         self.kernel_size = kernel_size
         self.stripe_width = stripe_width
         self.small_kernel = small_kernel
         self.kpe_mode = None
-        self.conv_impl = conv_impl
         self.deployed = False
 
         if deploy:
@@ -107,13 +86,13 @@ class StripeConv2d(DeployFormMixin, BaseModule):
             return
         k, s = kernel_size, stripe_width
         self.conv_h = nn.Conv2d(channels, channels, (k, s), padding=(k // 2, s // 2), groups=channels, bias=False)
-        self.norm_h = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+        self.norm_h = build_norm(norm_cfg, channels)
         self.conv_w = nn.Conv2d(channels, channels, (s, k), padding=(s // 2, k // 2), groups=channels, bias=False)
-        self.norm_w = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+        self.norm_w = build_norm(norm_cfg, channels)
         if small_kernel is not None:
             self.small_conv = nn.Conv2d(channels, channels, small_kernel, padding=small_kernel // 2,
                                         groups=channels, bias=False)
-            self.small_norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg else None
+            self.small_norm = build_norm(norm_cfg, channels)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -224,5 +203,3 @@ class StripeConv2d(DeployFormMixin, BaseModule):
                              'kernel supports none (kpe_mode=None)')
         self._become_deployed(self.reparameterized(), self.conv_h.weight)
 
-
-CONV_TYPES['stripe'] = StripeConv2d
