@@ -209,7 +209,9 @@ COMPILE_SCRIPT = textwrap.dedent('''
     import os, sys
     sys.path.insert(0, sys.argv[1])
     import types
-    pkg = types.ModuleType('pelk_mm'); pkg.__path__ = [os.path.join(sys.argv[1], 'pelk_mm')]; sys.modules['pelk_mm'] = pkg
+    pkg = types.ModuleType('pelk_mm')  # the ops alone, without the OpenMMLab stack
+    pkg.__path__ = [os.path.join(sys.argv[1], 'pelk_mm')]
+    sys.modules['pelk_mm'] = pkg
     import triton
     from triton.backends.compiler import GPUTarget
     from pelk_mm.ops import _impl_triton as it, peripheral_grid
