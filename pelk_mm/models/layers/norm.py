@@ -9,12 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm
 
 __all__ = ['LayerNorm2d', 'DropPath', 'build_norm']
 
 #: norm types of ``norm_cfg`` that need no registry (mmcv's names for them)
 _NORM_TYPES = {'BN': nn.BatchNorm2d, 'BN1d': nn.BatchNorm1d, 'BN2d': nn.BatchNorm2d, 'BN3d': nn.BatchNorm3d,
-               'SyncBN': nn.SyncBatchNorm, 'GN': nn.GroupNorm, 'LN': nn.LayerNorm, 'IN': nn.InstanceNorm2d,
+               'SyncBN': SyncBatchNorm, 'GN': nn.GroupNorm, 'LN': nn.LayerNorm, 'IN': nn.InstanceNorm2d,
                'IN1d': nn.InstanceNorm1d, 'IN2d': nn.InstanceNorm2d, 'IN3d': nn.InstanceNorm3d}
 
 
