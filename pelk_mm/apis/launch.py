@@ -1,7 +1,7 @@
 """The logic behind ``tools/train.py`` and ``tools/test.py``: one launcher for mmpretrain, mmseg and mmdet configs.
 
-The stock ``train.py``/``test.py`` of the three codebases differ in small ways (see the reference notes, §2). These
-functions reproduce the behaviour users know from each codebase, chosen by the config's ``default_scope``:
+The stock ``train.py``/``test.py`` of the three codebases differ in small ways (resume semantics, AMP, dataloader
+defaults, the test-time flags). These functions reproduce the behaviour users know from each codebase, chosen by the config's ``default_scope``:
 
 * the codebase's modules are registered (``<codebase>.utils.register_all_modules``);
 * ``--resume [PATH]`` (mmpretrain/mmdet semantics everywhere: no value = auto-resume from ``work_dir``);

@@ -83,7 +83,11 @@ _BACKBONE_FIXES = {
     'model.backbone.half_grids': 'give one half grid per stage (outer -> centre, the centre cell 1 last) whose '
                                  'cells add up to (kernel size + 1) / 2, or None for the default grids',
     'model.backbone.kpe_mode': "use 'input', 'bias', 'weight' or None",
-    'model.backbone.conv_type': "use 'peripheral', 'dense' or 'stripe'",
+    'model.backbone.conv_type': "use 'peripheral', 'dense', 'stripe' or a registered LargeKernelConv form, and give "
+                                "each form only its own settings (docs/architecture.md, 'A new large-kernel conv "
+                                "form')",
+    'model.backbone.conv_cfg': 'give the conv form only its own arguments (e.g. stripe_width for stripe); the '
+                               'kernel and centre sizes, base, half_grids and conv_impl are PeLK arguments',
     'model.backbone.conv_impl': "use 'auto' or one of the implementations pelk_mm.ops.available_impls() lists",
     'model.backbone.drop_path_rate': 'use a rate in [0, 1), e.g. 0.1',
     'model.backbone.conv_ratio': 'use a fraction in (0, 1] of the channels that go through the large kernel '
@@ -94,7 +98,7 @@ _BACKBONE_FIXES = {
 
 
 def _backbone_key_for(reason: str) -> str:
-    for name in ('out_indices', 'kernel_sizes', 'center_sizes', 'frozen_stages', 'half_grids', 'kpe_mode',
+    for name in ('conv_cfg', 'out_indices', 'kernel_sizes', 'center_sizes', 'frozen_stages', 'half_grids', 'kpe_mode',
                  'conv_type', 'conv_impl', 'drop_path_rate', 'conv_ratio'):
         if name in reason:
             return 'model.backbone.arch' if name in ('kernel_sizes', 'center_sizes') else f'model.backbone.{name}'

@@ -5,7 +5,7 @@ A sharing grid ``S = [s_0, ..., s_{k'-1}]`` splits one axis of a ``K x K`` kerne
 grid is used on both axes, so ``k' x k'`` parameters describe ``K x K`` taps.
 
 PeLK's grid (Eq. 2) is axis-symmetric: cells of width 1 in a central fine region of radius ``r_c`` and cells of
-width ``m ** (|i| - r_c)`` beyond it. Eq. 2 rarely sums to ``K`` exactly, so (project decision, reproducing every grid
+width ``m ** (|i| - r_c)`` beyond it. Eq. 2 rarely sums to ``K`` exactly, so (the rule that reproduces every grid
 printed in the paper) the outermost cell takes what remains of the half-width ``(K - 1) / 2``; a remainder narrower
 than the base ``m`` is merged into the previous *shared* cell.
 

@@ -142,9 +142,9 @@ def test_torchrun_max_restarts_resumes_automatically(cls_configs, demo_cwd, tmp_
         r = rel.dist_train(cls_configs[0], 2, ref, demo_cwd, opts)
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     # The restarted rank 0 comes up 8 s after rank 1: rank 1 must not pick up the dead rank 0's gloo address left in
-    # the agent's shared store by the first attempt (torch 2.14 reuses that store without an attempt prefix; fixed in
-    # pelk_mm.compat.elastic_attempt_store -- without it this run fails every time with "connectFullMesh failed ...
-    # Connection refused", the CI failure of 2026-11-23).
+    # the agent's shared store by the first attempt (torch 2.14 reuses that store without an attempt prefix;
+    # pelk_mm.compat.elastic_attempt_store adds one -- without it this run fails every time with "connectFullMesh
+    # failed ... Connection refused").
     work, once = tmp_path / 'elastic', tmp_path / 'killed_once'
     r = rel.run([rel.PY, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--max-restarts=1',
                  '--monitor-interval=1', '--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{_port()}',

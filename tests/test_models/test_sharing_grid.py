@@ -15,7 +15,7 @@ from pelk_mm.ops import (expand_kernel, full_grid_from_half, grid_bounds, grid_i
     (51, 7, [8, 8, 4, 2, 1, 1, 1, 1]),      # Table 6, 7x7 centre
     (101, 7, [17, 16, 8, 4, 2, 1, 1, 1, 1]),  # PeLK-101 stage 1
     (67, 7, [16, 8, 4, 2, 1, 1, 1, 1]),     # PeLK-101 stage 3 (exact fit)
-    (69, 7, [17, 8, 4, 2, 1, 1, 1, 1]),     # PeLK-101 stage 2: 1-wide remainder merged (Decision 1)
+    (69, 7, [17, 8, 4, 2, 1, 1, 1, 1]),     # PeLK-101 stage 2: 1-wide remainder merged
     (13, 5, [2, 2, 1, 1, 1]),               # stage 4
 ])
 def test_paper_grids(kernel_size, center_size, expected):

@@ -1,4 +1,4 @@
-"""Every segmentation config parses, carries the paper's recipe (pelk_paper.md §5.2: UperNet, 512x512, 160k,
+"""Every segmentation config parses, carries the paper's recipe (paper §5.2: UperNet, 512x512, 160k,
 AdamW 1e-4 / 0.05, stage-wise decay 0.9, warm-up 1500 + poly, slide 512/341, SyncBN, AMP) and builds its model."""
 import contextlib
 import gc
@@ -70,7 +70,7 @@ def no_weight_init():
 
 
 # paper Table 2 "Params (M)" of the whole UperNet model: non-zeros, i.e. SLaK's 40 % sparsity on the backbone's
-# 2-D/4-D weights (README decision 6), heads dense; the auxiliary FCN head is dropped at inference
+# 2-D/4-D weights (as SLaK sparsifies them), heads dense; the auxiliary FCN head is dropped at inference
 PAPER_PARAMS_M = {'t': 62, 's': 84, 'b': 126, 'b101': 126}
 
 

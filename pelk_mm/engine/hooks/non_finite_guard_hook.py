@@ -90,7 +90,6 @@ class NonFiniteGuardHook(Hook):
         self.scaler_skips = 0       # consecutive steps skipped by an AMP GradScaler
         self.total_skipped = 0
         self._first_bad_iter: Optional[int] = None
-        self._last_reason = ''
         self._loss: Optional[torch.Tensor] = None
         self._names: Dict[int, str] = {}
         self._buffers: List[torch.Tensor] = []
@@ -179,7 +178,6 @@ class NonFiniteGuardHook(Hook):
         self.total_skipped += 1
         if self.consecutive == 1:
             self._first_bad_iter = runner.iter + 1
-        self._last_reason = reason
         restored = self._restore_buffers()
         runner.message_hub.update_info('nonfinite_skipped_steps', self.total_skipped)
         runner.logger.warning(

@@ -298,12 +298,9 @@ class ResumeStateHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         states = self._gathered
-        complete = True
-        if states is None:  # saved outside CheckpointHook (e.g. a direct runner.save_checkpoint call)
+        if states is None:  # saved outside CheckpointHook (e.g. a direct runner.save_checkpoint call): this rank's
             states = [self._val_snapshot if self._val_snapshot is not None else self._capture()]
-            complete = get_world_size() == 1
-        checkpoint[STATE_KEY] = dict(version=_VERSION, world_size=get_world_size(), complete=complete, rng=states,
-                                     loop='epoch' if self._epoch_based else 'iter')
+        checkpoint[STATE_KEY] = dict(version=_VERSION, world_size=get_world_size(), rng=states)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if not runner._resume:
@@ -313,6 +310,11 @@ class ResumeStateHook(Hook):
             runner.logger.warning('[resume] the checkpoint has no `resume_state` (it was saved without '
                                   'pelk_mm.ResumeStateHook): random generator states are not restored, so the '
                                   'resumed run is not bit-identical to an uninterrupted one')
+            return
+        if state.get('version', _VERSION) > _VERSION:
+            runner.logger.warning(f'[resume] the checkpoint\'s `resume_state` has format version {state["version"]}, '
+                                  f'newer than this pelk_mm reads ({_VERSION}): random generator states are not '
+                                  f'restored; update pelk_mm for a bit-identical resume')
             return
         world_size, rank = get_world_size(), get_rank()
         if state.get('world_size') != world_size or rank >= len(state['rng']):
