@@ -116,7 +116,7 @@ def onnx_rows(deployed, args):
     against PyTorch first (``ONNX_ERRORS``: max relative error per form and batch size)."""
     import numpy as np
     import onnxruntime as ort
-    from pelk_mm.utils.deploy import check_onnx, export_onnx
+    from pelk_mm.deploy import check_onnx, export_onnx
     rows = {}
     tmp = tempfile.mkdtemp(prefix='pelk_onnx_')
     for form in ('dense', 'structured'):

@@ -54,7 +54,7 @@ def config_factory(tmp_path):
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_config):
     """A checkpoint whose stage-0 kernel has its outermost shared cells zeroed (so loading it is visible)."""
-    from pelk_mm.utils.analysis import build_model, load_cfg
+    from pelk_mm.analysis.builder import build_model, load_cfg
     torch.manual_seed(0)
     model, _ = build_model(load_cfg(tiny_config))
     with torch.no_grad():

@@ -66,7 +66,7 @@ def test_wrong_form_raises_one_line(helpers, tmp_path):
 
 
 def test_cfg_options_build_the_deploy_form():
-    from pelk_mm.utils.analysis import build_model, load_cfg
+    from pelk_mm.analysis.builder import build_model, load_cfg
     cfg = load_cfg(osp.join(ROOT, DEMO['mmpretrain']), {'model.backbone.deploy': True})
     model, _ = build_model(cfg)
     conv = model.backbone.stages[0][0].token_mixer.conv
@@ -75,8 +75,8 @@ def test_cfg_options_build_the_deploy_form():
 
 def _train_checkpoint(codebase, path, helpers):
     """A train-form checkpoint of the demo config's model with random weights and BN statistics."""
-    from pelk_mm.utils.analysis import load_cfg
-    from pelk_mm.utils.deploy import build_model
+    from pelk_mm.analysis.builder import load_cfg
+    from pelk_mm.deploy import build_model
     cfg = load_cfg(osp.join(ROOT, DEMO[codebase]))
     model, _ = build_model(cfg, deploy=False)
     helpers.randomise(model.backbone, 3)
@@ -92,8 +92,8 @@ def _run(args, **kw):
 
 @pytest.mark.parametrize('codebase', ['mmpretrain', 'mmseg', 'mmdet'])
 def test_convert_to_deploy_tool(helpers, tmp_path, codebase):
-    from pelk_mm.utils.analysis import load_cfg
-    from pelk_mm.utils.deploy import build_model, load_weights
+    from pelk_mm.analysis.builder import load_cfg
+    from pelk_mm.deploy import build_model, load_weights
     src, out = str(tmp_path / 'train.pth'), str(tmp_path / 'deploy.pth')
     cfg, train = _train_checkpoint(codebase, src, helpers)
     proc = _run(['tools/deploy/convert_to_deploy.py', DEMO[codebase], src, out, '--check-shape', '64', '64'])
@@ -116,7 +116,7 @@ def test_mmpretrain_reparameterize_model_script(helpers, tmp_path):
     import mmpretrain
     from mmpretrain.apis import init_model
 
-    from pelk_mm.utils.analysis import load_cfg
+    from pelk_mm.analysis.builder import load_cfg
     script = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'model_converters',
                       'reparameterize_model.py')
     src, out = str(tmp_path / 'train.pth'), str(tmp_path / 'deploy.pth')

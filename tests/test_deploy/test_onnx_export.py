@@ -29,7 +29,7 @@ def conv_kernel_sizes(path):
 def test_backbone_export_matches_pytorch(helpers, tmp_path, form, conv_type, kpe_mode):
     import onnx
 
-    from pelk_mm.utils.deploy import check_onnx, export_onnx, exportable
+    from pelk_mm.deploy import check_onnx, export_onnx, exportable
     train = helpers.tiny_pelk(0, conv_type=conv_type, kpe_mode=kpe_mode)
     x = torch.randn(3, 3, 64, 96)
     with torch.no_grad():
@@ -69,8 +69,8 @@ def test_export_tool_classifier(helpers, tmp_path, capsys):
     """Classifier logits from a train-form checkpoint of the demo config, checked in onnxruntime by the tool."""
     import onnxruntime as ort
 
-    from pelk_mm.utils.analysis import load_cfg
-    from pelk_mm.utils.deploy import build_model
+    from pelk_mm.analysis.builder import load_cfg
+    from pelk_mm.deploy import build_model
     cfg = load_cfg(osp.join(ROOT, 'configs/demo/pelk_demo_in1k.py'))
     model, _ = build_model(cfg, deploy=False)
     helpers.randomise(model.backbone, 5)

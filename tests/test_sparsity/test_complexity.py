@@ -1,11 +1,10 @@
-"""Non-zero-aware parameter / MAC counting (pelk_mm.utils.complexity) against hand counts."""
+"""Non-zero-aware parameter / MAC counting (pelk_mm.analysis.nonzero_complexity) against hand counts."""
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pelk_mm.models.layers import PeripheralConv2d
-from pelk_mm.utils.complexity import count_nonzero_macs, count_params, sparsify_
+from pelk_mm.analysis.nonzero_complexity import count_nonzero_macs, count_params, sparsify_
 
 
 class ConvLinear(nn.Module):
@@ -75,7 +74,7 @@ def test_sparsify_uniform_and_erk():
 def test_analyze_config_sparse_on_a_tiny_classifier(tmp_path):
     from mmengine.config import Config
 
-    from pelk_mm.utils.complexity import analyze_config_sparse, format_sparse_summary
+    from pelk_mm.analysis.nonzero_complexity import analyze_config_sparse, format_sparse_summary
     path = tmp_path / 'tiny.py'
     path.write_text(
         "default_scope = 'mmpretrain'\n"

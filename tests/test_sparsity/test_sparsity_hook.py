@@ -1,6 +1,5 @@
 """DynamicSparsityHook with a tiny model in a real mmengine Runner: density, prune-and-grow, checkpoints, EMA,
 fixed masks; plus the mask arithmetic it is built on."""
-import copy
 import math
 import os.path as osp
 
@@ -16,8 +15,8 @@ from torch.utils.data import Dataset
 from pelk_mm.checkpoint import load_checkpoint_file  # what the project writes loads without opt-in
 from pelk_mm.engine.hooks import DynamicSparsityHook
 from pelk_mm.registry import HOOKS
-from pelk_mm.utils.sparsity import (cosine_prune_rate, erk_densities, pack_mask, prune_and_grow, random_mask,
-                                    snip_densities, sparsifiable_params, unpack_mask)
+from pelk_mm.engine.sparsity import (cosine_prune_rate, erk_densities, pack_mask, prune_and_grow, random_mask,
+                                     snip_densities, sparsifiable_params, unpack_mask)
 
 
 class TinyNet(BaseModel):

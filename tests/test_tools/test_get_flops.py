@@ -5,7 +5,7 @@ import json
 import pytest
 from mmengine.config import Config
 
-from pelk_mm.apis.complexity import analyze_config, broadcast_matmul_flop_jit
+from pelk_mm.analysis.dense_complexity import analyze_config, broadcast_matmul_flop_jit
 
 ARCH = dict(depths=[1, 1, 1, 1], channels=[16, 24, 32, 48], kernel_sizes=[9, 7, 5, 3], center_sizes=[3, 3, 3, 3])
 
@@ -81,8 +81,8 @@ def test_cli_json(tmp_path, tools, capsys):
     assert data['params_nonzero'] <= data['params'] and data['params_nonzero'] > 0.9 * data['params']
     # non-zero count of a (pretend) sparse checkpoint: zero half of the stage-0 peripheral weights
     import torch
-    from pelk_mm.apis.complexity import build_model_for_analysis
-    model, _ = build_model_for_analysis(Config.fromfile(str(tools.TINY_CLS)))
+    from pelk_mm.analysis.dense_complexity import build_counted_model
+    model, _ = build_counted_model(Config.fromfile(str(tools.TINY_CLS)))
     w = model.backbone.stages[0][0].token_mixer.conv.weight
     with torch.no_grad():
         w.view(-1)[: w.numel() // 2] = 0

@@ -8,13 +8,12 @@ timed region, ``torch.inference_mode``.
 
 ``--deploy`` re-parameterises the model first (``switch_to_deploy``: BN and the small branch folded into one
 depthwise conv); ``--checkpoint`` is optional (weights do not change the speed of dense kernels). The table lists
-images/s, ms per batch and the backbone's peripheral conv implementation.
+images/s, ms per batch and the backbone's peripheral conv implementation. Logic: pelk_mm/analysis/throughput.py.
 """
 import argparse
 import json
 import os.path as osp
 import sys
-import time
 from typing import Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
@@ -54,58 +53,18 @@ def parse_args(argv=None):
     return args
 
 
-def _sync(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.synchronize(device)
-
-
-def forward_fn(model, codebase: str):
-    """The inference forward measured: backbone (+ neck) + head for classifiers, tensor mode otherwise."""
-    if codebase == 'mmpretrain' and hasattr(model, 'extract_feat'):
-        def run(x):
-            feats = model.extract_feat(x)
-            return model.head(feats) if getattr(model, 'with_head', False) else feats
-        return run
-    if hasattr(model, 'extract_feat'):
-        return lambda x: model.extract_feat(x)
-    return lambda x: model(x)
-
-
-def impl_of(model) -> str:
-    impls = {getattr(m, 'conv_impl', None) for m in model.modules() if hasattr(m, 'conv_impl')}
-    impls.discard(None)
-    return ','.join(sorted(impls)) or '-'
-
-
-@torch.inference_mode()
-def benchmark(model, codebase: str, batch_size: int, shape, warmup: int, iters: int, device: str,
-              channels_last: bool = False) -> dict:
-    run = forward_fn(model, codebase)
-    x = torch.randn(batch_size, 3, *shape, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    for _ in range(warmup):
-        run(x)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        run(x)
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return dict(images_per_s=batch_size * iters / elapsed, ms_per_batch=1000 * elapsed / iters)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from pelk_mm.utils.analysis import build_model, load_cfg
+    from pelk_mm.analysis.builder import build_model, get_backbone, load_cfg
+    from pelk_mm.analysis.throughput import benchmark, impl_of
     rows = []
     for config in args.configs:
         cfg = load_cfg(config, args.cfg_options)
         model, codebase = build_model(cfg, args.checkpoint, args.device)
         if args.deploy:
-            target = model.backbone if hasattr(model, 'backbone') else model
+            target = get_backbone(model)
             if not hasattr(target, 'switch_to_deploy'):
                 raise ValueError(f'{type(target).__name__} has no switch_to_deploy(); drop --deploy')
             target.switch_to_deploy()
@@ -119,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          device_name=(torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
                                       else 'cpu'), **res))
         del model
-    print(f'| config | device | batch | input | channels_last | deploy | conv impl | images/s | ms/batch |')
+    print('| config | device | batch | input | channels_last | deploy | conv impl | images/s | ms/batch |')
     print('|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         print(f'| {osp.basename(r["config"])} | {r["device_name"]} | {r["batch_size"]} | '

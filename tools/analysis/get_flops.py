@@ -8,7 +8,8 @@ dense K x K convolution it computes, plus the kernel-wise positional embedding's
 Default input: 224x224 (mmpretrain), 512x512 (mmseg), 800x1280 (mmdet), batch 1. FLOPs are multiply-adds
 (mmengine/fvcore convention, as in the paper). "params (dense-equivalent)" is what the model would have with
 dense K x K kernels instead of the shared peripheral grid; "params (non-zero)" is what sparse-trained models
-report (pass the trained --checkpoint). Logic: pelk_mm/apis/complexity.py.
+report (pass the trained --checkpoint). Logic: pelk_mm/analysis/dense_complexity.py (dense) and
+pelk_mm/analysis/nonzero_complexity.py (--sparsity).
 """
 import argparse
 import json
@@ -20,9 +21,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 from mmengine.config import DictAction  # noqa: E402
 
-from pelk_mm.apis.complexity import _fmt, analyze_config, format_table  # noqa: E402
+from pelk_mm.analysis.builder import load_cfg  # noqa: E402
+from pelk_mm.analysis.dense_complexity import analyze_config, format_count, format_table  # noqa: E402
 from pelk_mm.errors import LaunchError  # noqa: E402
-from pelk_mm.utils.analysis import load_cfg  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,27 +64,18 @@ def parse_args(argv=None):
 
 
 def _sparse_counts(cfg, args) -> dict:
-    """Non-zero-aware params/FLOPs (pelk_mm.utils.complexity; SLaK's counter counts non-zero weights)."""
-    from pelk_mm.utils.complexity import analyze_config_sparse, format_sparse_summary
-    from pelk_mm.utils.sparsity import check_sparsity
+    """Non-zero-aware params/FLOPs (pelk_mm.analysis.nonzero_complexity; SLaK's counter counts non-zero weights)."""
+    from pelk_mm.analysis.nonzero_complexity import (analyze_config_sparse, format_sparse_summary,
+                                                     snip_densities_for_config)
+    from pelk_mm.engine.sparsity import check_sparsity
     check_sparsity(args.sparsity)
     densities = None
     if args.sparse_densities:
         with open(args.sparse_densities) as f:
             densities = json.load(f)
     elif args.sparse_init == 'snip':
-        from pelk_mm.apis.complexity import build_model_for_analysis
-        from pelk_mm.utils.analysis import find_images
-        from pelk_mm.utils.complexity import snip_densities_from_images
-        import torch
-        torch.manual_seed(args.seed)  # SNIP scores depend on the initial weights: seeded, so counts are repeatable
-        model, codebase = build_model_for_analysis(cfg)
-        if codebase != 'mmpretrain':
-            raise LaunchError('--sparse-init snip needs a classifier config; for seg/det pass the classifier\'s '
-                              'densities with --sparse-densities')
-        model.init_weights()
-        size = (args.shape or [224])[0]
-        densities = snip_densities_from_images(model, find_images(None, args.snip_images), size, args.sparsity)
+        densities = snip_densities_for_config(cfg, args.snip_images, (args.shape or [224])[0], args.sparsity,
+                                              seed=args.seed)
     sparse = analyze_config_sparse(cfg, args.shape, sparsity=args.sparsity, init=args.sparse_init
                                    if args.sparse_init != 'snip' else 'uniform', checkpoint=args.checkpoint,
                                    densities=densities, mask_rois=args.mask_rois, seed=args.seed)
@@ -111,9 +103,9 @@ def main(argv=None) -> int:
     print(f'input shape: {tuple(result["input_shape"])}; counted: {result["mode"]}')
     for note in result['notes']:
         print(f'note: {note}')
-    print(f'FLOPs: {_fmt(result["flops"])}   params: {_fmt(result["params"])}   '
-          f'params (dense-equivalent): {_fmt(result["params_dense_equivalent"])}   '
-          f'params (non-zero): {_fmt(result["params_nonzero"])}')
+    print(f'FLOPs: {format_count(result["flops"])}   params: {format_count(result["params"])}   '
+          f'params (dense-equivalent): {format_count(result["params_dense_equivalent"])}   '
+          f'params (non-zero): {format_count(result["params_nonzero"])}')
     print(format_table(result))
     print('FLOPs = multiply-adds; peripheral conv column = dense K x K conv + positional-embedding band matmuls.')
     if args.sparsity is not None:

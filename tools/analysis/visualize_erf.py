@@ -12,20 +12,20 @@ ratio ``r(t)`` is the area of the smallest centred square holding a fraction ``t
         [--num-images 50] [--input-size 1024] [--out-dir work_dirs/erf]
 
 Writes ``erf.npy`` (the raw aggregated map), ``erf.png`` and ``erf.json`` (ratios, side lengths, settings).
+Logic: pelk_mm/analysis/erf.py.
 """
 import argparse
 import json
 import os
 import os.path as osp
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
+from pelk_mm.analysis.erf import THRESHOLDS, compute_erf, high_contribution_ratios, normalised_log_map  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -53,55 +53,11 @@ def parse_args(argv=None):
     return args
 
 
-def last_stage_map(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The last ``(N, C, H, W)`` feature map of the backbone (PeLK/ConvNeXt: pooled outputs are turned off)."""
-    if hasattr(backbone, 'gap_before_final_norm'):
-        backbone.gap_before_final_norm = False
-    outs = backbone(x)
-    outs = outs if isinstance(outs, (tuple, list)) else (outs, )
-    maps = [o for o in outs if torch.is_tensor(o) and o.dim() == 4]
-    if not maps:
-        raise ValueError('the backbone returned no (N, C, H, W) feature map; ERF needs spatial outputs')
-    return maps[-1]
-
-
-def input_grad(backbone: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """RepLKNet's ``get_input_grad``: relu(d sum_c relu(y_c(centre)) / dx) summed over batch and channels."""
-    x = x.clone().requires_grad_(True)
-    y = last_stage_map(backbone, x)
-    h, w = y.shape[-2:]
-    central = torch.relu(y[:, :, h // 2, w // 2]).sum()
-    grad, = torch.autograd.grad(central, x)
-    return torch.relu(grad).sum((0, 1)).detach().cpu().double().numpy()
-
-
-def high_contribution_ratios(erf: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, dict]:
-    """RepLKNet's ``analyze_erf``: log-scale, normalise, then per threshold the smallest centred square holding that
-    fraction of the total: ``{t: dict(side=..., area_ratio=...)}`` (``None`` entries if none does)."""
-    data = np.log10(erf + 1)
-    if data.max() > 0:
-        data = data / data.max()
-    h, w = data.shape
-    total = data.sum()
-    out = {}
-    for t in thresholds:
-        side = ratio = None
-        for i in range(1, min(h, w) // 2 + 1):
-            area = data[max(h // 2 - i, 0):h // 2 + 1 + i, max(w // 2 - i, 0):w // 2 + 1 + i]
-            if total > 0 and area.sum() / total > t:
-                side, ratio = 2 * i + 1, min((2 * i + 1) / h, 1) * min((2 * i + 1) / w, 1)
-                break
-        out[str(t)] = dict(side=side, area_ratio=ratio)
-    return out
-
-
 def save_heatmap(erf: np.ndarray, path: str, title: str = '') -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    data = np.log10(erf + 1)
-    if data.max() > 0:
-        data = data / data.max()
+    data = normalised_log_map(erf)
     fig, ax = plt.subplots(figsize=(6, 6.4), dpi=100)
     im = ax.imshow(data, cmap='RdYlGn', vmin=0, vmax=1)
     ax.set_xticks([])
@@ -113,24 +69,9 @@ def save_heatmap(erf: np.ndarray, path: str, title: str = '') -> None:
     plt.close(fig)
 
 
-def compute_erf(backbone, paths: List[str], size: int, mean, std, device: str = 'cpu'):
-    from pelk_mm.utils.analysis import load_image
-    acc, used = None, 0
-    for path in paths:
-        g = input_grad(backbone, load_image(path, size, mean, std).to(device))
-        if not np.isfinite(g).all():
-            print(f'skipping {path}: non-finite gradient')
-            continue
-        acc = g if acc is None else acc + g
-        used += 1
-    if acc is None:
-        raise RuntimeError('every image gave a non-finite gradient')
-    return acc / used, used
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from pelk_mm.utils.analysis import build_model, find_images, get_backbone, load_cfg, norm_params
+    from pelk_mm.analysis.builder import build_model, find_images, get_backbone, load_cfg, norm_params
     cfg = load_cfg(args.config, args.cfg_options)
     model, _ = build_model(cfg, args.checkpoint, args.device)
     backbone = get_backbone(model)

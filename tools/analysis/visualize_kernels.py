@@ -10,6 +10,7 @@
 Per stage ``i`` it writes ``stage{i}_grid.png`` (the K x K sharing grid: cell boundaries, the unshared centre shaded,
 cell widths along the axis) and ``stage{i}_kernels.png`` (mean |w| over the convolved channels of the expanded
 dense kernel, and the first ``--channels`` channels); ``param_curve.png`` + ``param_curve.json`` hold Fig. 6.
+Logic: pelk_mm/analysis/kernels.py.
 """
 import argparse
 import json
@@ -23,9 +24,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-FIG6_KERNELS = (7, 13, 21, 31, 51, 71, 101, 151)
-#: ConvNeXt-T: depths and widths of Fig. 6's network (every kernel replaced by K, every channel convolved)
-CONVNEXT_T = dict(depths=[3, 3, 9, 3], channels=[96, 192, 384, 768])
+from pelk_mm.analysis.kernels import FIG6_KERNELS, expanded_kernel, large_kernel_convs, param_curve  # noqa: E402
 
 
 def _plt():
@@ -61,25 +60,6 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------ grids and kernels
-def large_kernel_convs(backbone, block: int):
-    """``[(stage index, conv module)]`` of the large-kernel conv of block ``block`` of every stage."""
-    out = []
-    for i, stage in enumerate(backbone.stages):
-        blocks = list(stage)
-        if not blocks:
-            continue
-        b = blocks[min(block, len(blocks) - 1)]
-        conv = getattr(getattr(b, 'token_mixer', None), 'conv', None)
-        if conv is not None:
-            out.append((i, conv))
-    return out
-
-
-def expanded_kernel(conv) -> torch.Tensor:
-    """``(C, K, K)`` dense kernel of any large-kernel form (re-parameterised weight once deployed)."""
-    return conv.dense_weight().detach()[:, 0]
-
-
 def plot_grid(conv, path: str, title: str) -> None:
     plt = _plt()
     from matplotlib.patches import Rectangle
@@ -135,30 +115,6 @@ def plot_kernels(kernel: torch.Tensor, path: str, title: str, channels: int) -> 
 
 
 # ------------------------------------------------------------------ Fig. 6
-def param_curve(kernel_sizes: Sequence[int] = FIG6_KERNELS) -> Dict[str, List[int]]:
-    """Parameters of a ConvNeXt-T-like PeLK (every channel convolved, 5x5 re-param branch, no KPE, no sparsity)
-    with every stage kernel set to ``K``, for the peripheral, dense and stripe forms.
-
-    One block per stage is built (a dense K=151 ConvNeXt-T would hold 150 M kernel weights); the count is
-    ``params(depth-1 net) + sum_i (depth_i - 1) * params(block of stage i)``, exact since blocks of a stage are
-    identical.
-    """
-    from pelk_mm.models import PeLK
-    curve = {'kernel_size': list(kernel_sizes)}
-    depths = CONVNEXT_T['depths']
-    for form in ('peripheral', 'dense', 'stripe'):
-        counts = []
-        for k in kernel_sizes:
-            m = PeLK(arch=dict(depths=[1] * len(depths), channels=CONVNEXT_T['channels'], kernel_sizes=[k] * 4),
-                     conv_type=form, conv_ratio=1.0, kpe_mode=None, init_cfg=None)
-            n = sum(p.numel() for p in m.parameters())
-            n += sum((d - 1) * sum(p.numel() for p in m.stages[i][0].parameters()) for i, d in enumerate(depths))
-            counts.append(int(n))
-            del m
-        curve[form] = counts
-    return curve
-
-
 def plot_param_curve(curve: Dict[str, List[int]], path: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
@@ -182,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     if not args.param_curve_only:
-        from pelk_mm.utils.analysis import build_model, get_backbone, load_cfg
+        from pelk_mm.analysis.builder import build_model, get_backbone, load_cfg
         cfg = load_cfg(args.config, args.cfg_options)
         model, _ = build_model(cfg, args.checkpoint)
         backbone = get_backbone(model)

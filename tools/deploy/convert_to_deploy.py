@@ -8,7 +8,7 @@ into the peripheral conv's shared weights and a bias, the small kernel into the 
 ``{'meta', 'state_dict'}`` to OUT. It then builds the config again with ``model.backbone.deploy=True``, loads OUT
 strictly and compares the backbone's outputs on a random image (printed). Use the result with
 ``--cfg-options model.backbone.deploy=True`` (tools/test.py, tools/deploy/export_onnx.py, mmpretrain's APIs).
-Logic: pelk_mm/utils/deploy.py.
+Logic: pelk_mm/deploy.py.
 """
 import argparse
 import os.path as osp
@@ -22,8 +22,8 @@ from mmengine.config import DictAction  # noqa: E402
 from pelk_mm.apis.cli import run_main  # noqa: E402
 from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
 from pelk_mm.errors import DeployError  # noqa: E402
-from pelk_mm.utils.analysis import load_cfg  # noqa: E402
-from pelk_mm.utils.deploy import convert_checkpoint  # noqa: E402
+from pelk_mm.analysis.builder import load_cfg  # noqa: E402
+from pelk_mm.deploy import convert_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):

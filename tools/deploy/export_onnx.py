@@ -19,7 +19,7 @@ segmentation or detection deployment starts from; the default for mmseg/mmdet co
   that only optimise ``Conv``.
 
 After export the file is run in onnxruntime on random inputs of batch 1 and 2 and compared with PyTorch (max
-relative error printed; ``--no-check`` skips it). Logic: pelk_mm/utils/deploy.py.
+relative error printed; ``--no-check`` skips it). Logic: pelk_mm/deploy.py.
 """
 import argparse
 import os.path as osp
@@ -33,9 +33,9 @@ from mmengine.config import DictAction  # noqa: E402
 from pelk_mm.apis.cli import run_main  # noqa: E402
 from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
 from pelk_mm.errors import DeployError  # noqa: E402
-from pelk_mm.utils.analysis import load_cfg  # noqa: E402
-from pelk_mm.utils.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx,  # noqa: E402
-                                  exportable, load_weights, onnx_op_types, require_onnxruntime)
+from pelk_mm.analysis.builder import load_cfg  # noqa: E402
+from pelk_mm.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx, exportable,  # noqa: E402
+                            load_weights, onnx_op_types, require_onnxruntime)
 
 #: relative error above which the onnxruntime check fails (float32)
 TOLERANCE = 1e-4

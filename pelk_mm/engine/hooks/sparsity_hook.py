@@ -11,7 +11,6 @@ Lifecycle inside :meth:`mmengine.runner.Runner.train`::
 """
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence
 
@@ -22,10 +21,10 @@ from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
 from pelk_mm.registry import HOOKS
-from pelk_mm.utils.sparsity import (GROWTH_MODES, SPARSE_INITS, apply_masks, build_masks, check_choice,
-                                    check_sparsity, cosine_prune_rate, erk_densities, overall_density, pack_mask,
-                                    prune_and_grow, snip_densities, sparsifiable_params, uniform_densities,
-                                    unpack_mask)
+from pelk_mm.engine.sparsity import (GROWTH_MODES, SPARSE_INITS, apply_masks, build_masks, check_choice,
+                                     check_sparsity, cosine_prune_rate, erk_densities, overall_density, pack_mask,
+                                     prune_and_grow, snip_densities, snip_scores, sparsifiable_params,
+                                     uniform_densities, unpack_mask)
 
 OPTIMIZER_STATE_KEYS = ('momentum_buffer', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq')
 
@@ -205,26 +204,17 @@ class DynamicSparsityHook(Hook):
 
     # ------------------------------------------------------------------ mask construction
     def _snip_scores(self, runner, model: nn.Module, names: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """``|w * dL/dw|`` from one training batch, computed on a copy (the real model's BN statistics and
-        gradients are untouched)."""
+        """``|w * dL/dw|`` from one training batch, computed on a copy (:func:`~pelk_mm.engine.sparsity.snip_scores`:
+        the real model's BN statistics and gradients are untouched)."""
         data_batch = next(iter(runner.train_dataloader))
-        net = copy.deepcopy(model)
-        net.train()
-        net.zero_grad(set_to_none=True)
-        data = net.data_preprocessor(data_batch, True)
-        losses = net(**data, mode='loss') if isinstance(data, dict) else net(*data, mode='loss')
-        loss, _ = net.parse_losses(losses)
-        loss.backward()
-        params = dict(net.named_parameters())
-        scores = {}
-        for n in names:
-            p = params[n]
-            if p.grad is None:
-                scores[n] = torch.zeros_like(p)
-            else:
-                scores[n] = (p.detach() * p.grad.detach()).abs()
-        del net
-        return scores
+
+        def loss_fn(net: nn.Module) -> torch.Tensor:
+            data = net.data_preprocessor(data_batch, True)
+            losses = net(**data, mode='loss') if isinstance(data, dict) else net(*data, mode='loss')
+            loss, _ = net.parse_losses(losses)
+            return loss
+
+        return snip_scores(model, loss_fn, names)
 
     def _initial_masks(self, runner, model: nn.Module) -> 'OrderedDict[str, torch.Tensor]':
         params = self._params

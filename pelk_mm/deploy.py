@@ -1,4 +1,4 @@
-"""Deployment helpers behind ``tools/deploy/``: train-form -> deploy-form checkpoints and ONNX export.
+"""Deployment of PeLK models: train-form -> deploy-form checkpoints and ONNX export (behind ``tools/deploy/``).
 
 * :func:`convert_checkpoint` builds a config's model (mmpretrain / mmseg / mmdet) in train form, loads a checkpoint
   strictly, calls the backbone's ``switch_to_deploy`` and writes ``{'meta', 'state_dict'}``; the result loads
@@ -8,6 +8,8 @@
   cropped to the map, one grouped ``Conv``) or ``'structured'`` (prefix sums + the ``k' x k'`` contraction,
   :mod:`pelk_mm.ops._impl_onnx`, ``O(K + k'^2)`` per pixel). Batch size is dynamic, the spatial size fixed.
 * :func:`check_onnx` runs the file in onnxruntime and compares it with PyTorch.
+
+Models are built by the analysis builder (:func:`pelk_mm.analysis.builder.build_model`).
 """
 from __future__ import annotations
 
@@ -32,25 +34,24 @@ CONV_FORMS = {'dense': 'dense_cl', 'structured': 'cumsum'}
 ONNXRUNTIME_INSTALL = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (or re-run bash tools/setup.sh)'
 
 
-def _is_pelk(backbone_cfg) -> bool:
-    return backbone_cfg is not None and 'PeLK' in str(backbone_cfg.get('type', ''))
-
-
 def build_model(cfg, deploy: bool) -> Tuple[nn.Module, str]:
     """Build ``cfg.model`` in its codebase's scope with a PeLK backbone in train (``deploy=False``) or deploy form:
-    no pretrained download, SyncBN reverted, eval mode, CPU (:func:`pelk_mm.utils.analysis.build_model`).
+    no pretrained download (the backbone's ``init_cfg`` is dropped: a checkpoint gives the weights,
+    :func:`load_weights`), SyncBN reverted, eval mode, CPU (:func:`pelk_mm.analysis.builder.build_model`).
 
     Returns:
         tuple: ``(model, codebase)``.
+
+    Raises:
+        DeployError: the config's backbone is not ``pelk_mm.PeLK``.
     """
-    from .analysis import build_model as build_analysis_model
+    from pelk_mm.analysis.builder import build_model as build_analysis_model, is_pelk_backbone
     backbone = cfg.model.get('backbone', None)
-    if not _is_pelk(backbone):
+    if not is_pelk_backbone(backbone):
         kind = 'no backbone' if backbone is None else f'backbone type={backbone.get("type")!r}'
         raise DeployError(f'the config\'s model has {kind}; the deployment tools convert models whose backbone is '
                           f'pelk_mm.PeLK')
-    # the weights come from the checkpoint: no pretrained download
-    return build_analysis_model(cfg, backbone_overrides=dict(init_cfg=None, deploy=deploy))
+    return build_analysis_model(cfg, deploy=deploy, backbone_init_cfg=False)
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:

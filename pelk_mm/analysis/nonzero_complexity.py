@@ -1,37 +1,52 @@
-"""Non-zero-aware parameter and FLOP counts, the way SLaK (and so PeLK) report sparse models.
+"""Non-zero parameter and FLOP counts, the way SLaK (and so PeLK) report sparse models.
 
-SLaK's ``FLOPs_counter.py`` counts a parameter only where it is non-zero (``print_model_param_nums``: the non-zeros
-of the 2-D/4-D weights) and a convolution's cost from its non-zero taps. PeLK's Table 2-4 numbers are for 40 %
-sparse models, so a dense count overstates them by about 1/0.6. This module
+SLaK's FLOP counter counts a parameter only where it is non-zero (the non-zeros of the 2-D/4-D weights) and a
+convolution's cost from its non-zero taps. PeLK's Table 2-4 numbers are for 40 % sparse models, so a dense count
+overstates them by about 1/0.6. This module
 
 * simulates the sparsity of a trained model on a freshly built one (:func:`sparsify_`: masks drawn as
-  :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` draws them; uniform by default, since the SNIP allocation of
-  a trained model depends on its data and is not published), or uses a real sparse checkpoint as is;
+  :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` draws them; uniform by default, SNIP densities at
+  initialisation with :func:`snip_densities_from_images`), or uses a real sparse checkpoint as is;
 * counts parameters three ways (:func:`count_params`): all, all with zeros skipped, and SLaK's 2-D/4-D non-zeros;
 * counts the multiply-accumulates (one MAC = one FLOP, as fvcore/mmengine and the paper) that zeros remove
-  (:func:`count_nonzero_macs`), by running the model once under a ``TorchDispatchMode`` that sees every
-  convolution / matrix product with its actual operands: a convolution costs
-  ``N * H_out * W_out * nnz(weight)`` (dense: ``numel(weight)``), a matrix product with a parameter operand
-  ``M * nnz(parameter)``. The peripheral conv runs as the expanded dense ``K x K`` kernel (``conv_impl='dense'``),
-  so a pruned shared cell removes every tap it covers.
+  (:func:`count_nonzero_macs`), by running the analysed forward (:func:`pelk_mm.analysis.forward.analysed_forward`)
+  once under a ``TorchDispatchMode`` that sees every convolution / matrix product with its actual operands: a
+  convolution costs ``N * H_out * W_out * nnz(weight)`` (dense: ``numel(weight)``), a matrix product with a
+  parameter operand ``M * nnz(parameter)``. The peripheral conv runs as the expanded dense ``K x K`` kernel
+  (``conv_impl='dense'``), so a pruned shared cell removes every tap it covers.
 
-The non-zero FLOPs of a model are then ``dense FLOPs (mmengine's FlopAnalyzer) - saved MACs``.
+The non-zero FLOPs of a model are then ``dense FLOPs`` (:mod:`pelk_mm.analysis.dense_complexity`) ``- saved MACs``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .sparsity import (build_masks, check_choice, check_sparsity, erk_densities, sparsifiable_params,
-                       uniform_densities)
+from pelk_mm.engine.sparsity import (build_masks, check_choice, check_sparsity, erk_densities, snip_densities,
+                                     snip_scores, sparsifiable_params, uniform_densities)
+from pelk_mm.errors import LaunchError
+from .builder import IMAGENET_MEAN, IMAGENET_STD, find_images, load_image
+from .dense_complexity import DEFAULT_SHAPES, analyze_model, build_counted_model
+from .forward import FEATURES_MODE, analysed_forward
 
-__all__ = ['sparsify_', 'count_params', 'count_nonzero_macs', 'NonZeroMacCounter']
+__all__ = ['sparsify_', 'snip_densities_of', 'snip_densities_from_images', 'snip_densities_for_config',
+           'count_params', 'count_nonzero_macs', 'NonZeroMacCounter', 'analyze_config_sparse',
+           'format_sparse_summary']
 
 aten = torch.ops.aten
+
+
+def _selected_params(model: nn.Module, layers: str, include: Sequence[str],
+                     exclude: Sequence[str]) -> 'OrderedDict[str, nn.Parameter]':
+    """:func:`~pelk_mm.engine.sparsity.sparsifiable_params`, kept to names containing one of ``include`` (if any)."""
+    params = sparsifiable_params(model, layers, exclude)
+    if include:
+        params = OrderedDict((n, p) for n, p in params.items() if any(s in n for s in include))
+    return params
 
 
 @torch.no_grad()
@@ -44,7 +59,7 @@ def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: 
         sparsity (float): Fraction of zeros over the selected weights, in ``[0, 1)``.
         init (str): Layer-wise allocation: ``'uniform'`` (every layer at ``1 - sparsity``) or ``'erk'``.
         layers (str): ``'all'`` 2-D/4-D weights or ``'large_kernel'`` (see
-            :func:`~pelk_mm.utils.sparsity.sparsifiable_params`).
+            :func:`~pelk_mm.engine.sparsity.sparsifiable_params`).
         seed (int): Mask RNG seed.
         include, exclude: Substring filters on parameter names.
         densities (dict, optional): Explicit per-parameter densities (e.g. from :func:`snip_densities_of`, or
@@ -56,9 +71,7 @@ def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: 
     """
     sparsity = check_sparsity(sparsity)
     init = check_choice(init, ('uniform', 'erk'), 'init')
-    params = sparsifiable_params(model, layers, exclude)
-    if include:
-        params = OrderedDict((n, p) for n, p in params.items() if any(s in n for s in include))
+    params = _selected_params(model, layers, include, exclude)
     shapes = {n: tuple(p.shape) for n, p in params.items()}
     density = 1 - sparsity
     if densities is not None:
@@ -73,27 +86,21 @@ def sparsify_(model: nn.Module, sparsity: float, init: str = 'uniform', layers: 
 
 
 def snip_densities_of(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, sparsity: float,
-                      layers: str = 'all', include=(), exclude=()) -> Dict[str, float]:
-    """SLaK's SNIP layer-wise densities for an image classifier at its current (initial) weights: one batch,
-    cross-entropy of ``model(inputs, mode='tensor')`` logits, scores ``|w * dL/dw|``, global top-k at density
-    ``1 - sparsity`` (what :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` does with ``init='snip'``).
-    The model is put in train mode for the batch (BN batch statistics, as in training) and restored after."""
-    from .sparsity import snip_densities
+                      layers: str = 'all', include: Sequence[str] = (),
+                      exclude: Sequence[str] = ()) -> Dict[str, float]:
+    """SLaK's SNIP layer-wise densities for an image classifier at its current (initial) weights.
+
+    One batch, cross-entropy of ``model(inputs, mode='tensor')`` logits, scores ``|w * dL/dw|``
+    (:func:`~pelk_mm.engine.sparsity.snip_scores`, on a copy in train mode), global top-k at density
+    ``1 - sparsity``: what :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` does with ``init='snip'``.
+    """
     sparsity = check_sparsity(sparsity)
-    params = sparsifiable_params(model, layers, exclude)
-    if include:
-        params = OrderedDict((n, p) for n, p in params.items() if any(s in n for s in include))
-    was_training = model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        logits = model(inputs, mode='tensor')
-        torch.nn.functional.cross_entropy(logits, labels).backward()
-    scores = {n: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
-              for n, p in params.items()}
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return snip_densities(scores, 1 - sparsity)
+    params = _selected_params(model, layers, include, exclude)
+
+    def loss_fn(net: nn.Module) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(net(inputs, mode='tensor'), labels)
+
+    return snip_densities(snip_scores(model, loss_fn, list(params)), 1 - sparsity)
 
 
 def count_params(model: nn.Module) -> Dict[str, int]:
@@ -180,52 +187,6 @@ def count_nonzero_macs(model: nn.Module, forward: Callable[[], object]) -> Dict[
                 by_op=counter.by_op)
 
 
-def sparse_complexity(model: nn.Module, forward: Callable[[], object], dense_flops: Optional[int] = None,
-                      sparsity: Optional[float] = None, init: str = 'uniform', layers: str = 'all',
-                      seed: int = 0) -> Dict[str, object]:
-    """Parameters and FLOPs of ``model`` counted the paper's way.
-
-    Args:
-        model (nn.Module): The model (with ``conv_impl='dense'`` peripheral convs, eval mode).
-        forward (callable): Runs the model once on the analysis input.
-        dense_flops (int, optional): The dense FLOP count of the same forward (mmengine's FlopAnalyzer, which also
-            counts norms, pooling and upsampling); the result's ``flops`` is ``dense_flops - saved MACs``.
-        sparsity (float, optional): If given, first zero this fraction of the selected weights with
-            :func:`sparsify_` (simulating a sparse-trained model); ``None`` counts the model's weights as they are
-            (e.g. a real sparse checkpoint).
-        init, layers, seed: see :func:`sparsify_`.
-    """
-    masks = None
-    if sparsity is not None:
-        masks = sparsify_(model, sparsity, init=init, layers=layers, seed=seed)
-    params = count_params(model)
-    macs = count_nonzero_macs(model, forward)
-    result = dict(params=params, macs=macs, masked_layers=len(masks) if masks is not None else None,
-                  sparsity=sparsity, init=init if sparsity is not None else None, layers=layers)
-    if dense_flops is not None:
-        result['dense_flops'] = int(dense_flops)
-        result['flops'] = int(dense_flops) - macs['saved']
-    return result
-
-
-def _analysis_forward(model: nn.Module, codebase: str, mode: str, x: torch.Tensor) -> Callable[[], object]:
-    """The forward that :func:`pelk_mm.apis.complexity.analyze_model` traced (same parts of the model)."""
-    import copy
-    if codebase == 'mmdet':
-        if mode.startswith('whole detector'):
-            from pelk_mm.apis.complexity import _det_data_samples
-            samples = _det_data_samples(x.shape[-2], x.shape[-1])
-            return lambda: model._forward(x, copy.deepcopy(samples))
-        return lambda: model.extract_feat(x)
-    if codebase == 'mmseg':
-        return lambda: model(x, mode='tensor')
-
-    def cls_forward():
-        feats = model.extract_feat(x)
-        return model.head(feats) if getattr(model, 'with_head', False) else feats
-    return cls_forward
-
-
 def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init: str = 'uniform',
                           layers: str = 'all', checkpoint: Optional[str] = None, seed: int = 0,
                           backbone_only: Optional[bool] = None,
@@ -233,9 +194,10 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
                           mask_rois: Optional[int] = None) -> Dict[str, object]:
     """The paper's (SLaK's) non-zero-aware params/FLOPs of a config's model, next to the dense counts.
 
-    Builds the model as ``tools/analysis/get_flops.py`` does (peripheral convs traced as dense ``K x K`` convs),
-    optionally loads a (sparse) ``checkpoint``, simulates ``sparsity`` with :func:`sparsify_` (``None``: count the
-    weights as they are), then takes the dense FLOPs from mmengine's analyzer and subtracts the MACs the zeros save.
+    Builds the model as the dense count does (:func:`~pelk_mm.analysis.dense_complexity.build_counted_model`:
+    peripheral convs traced as dense ``K x K`` convs), optionally loads a (sparse) ``checkpoint``, simulates ``sparsity`` with
+    :func:`sparsify_` (``None``: count the weights as they are), then takes the dense FLOPs from mmengine's analyzer
+    and subtracts the MACs the zeros save on the same analysed forward and input.
 
     Args:
         backbone_only (bool, optional): Sparsify only ``backbone.*`` weights. Default: ``True`` for mmseg/mmdet
@@ -244,16 +206,13 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
         densities (dict, optional): Per-parameter densities (e.g. SNIP's, saved from a classifier run; names are
             matched as they are, so ``backbone.*`` entries carry over to seg/det models). Replace ``init``.
         mask_rois (int, optional): Detectors: run the mask heads on the first ``mask_rois`` RoIs only (mmdet 2's
-            ``forward_dummy`` convention of the papers' tables; :func:`pelk_mm.apis.complexity.limit_mask_rois`).
+            ``forward_dummy`` convention of the papers' tables; :func:`pelk_mm.analysis.builder.limit_mask_rois`).
 
     Returns:
         dict: the dense analysis (``flops``, ``params``, ``rows``, ...) plus ``nonzero_flops``, ``nonzero_params``,
         ``slak_params`` (2-D/4-D non-zeros only), ``saved_macs`` and the sparsity settings.
     """
-    from pelk_mm.apis.complexity import DEFAULT_SHAPES, analyze_model, build_model_for_analysis, load_weights
-    model, codebase = build_model_for_analysis(cfg, mask_rois)
-    if checkpoint is not None:
-        load_weights(model, checkpoint)
+    model, codebase = build_counted_model(cfg, checkpoint, mask_rois)
     if backbone_only is None:
         backbone_only = codebase != 'mmpretrain'
     masks = None
@@ -265,7 +224,9 @@ def analyze_config_sparse(cfg, shape=None, sparsity: Optional[float] = 0.4, init
     dense = analyze_model(model, codebase, shape)
     torch.manual_seed(seed)
     x = torch.randn(1, 3, int(shape[0]), int(shape[1]))
-    macs = count_nonzero_macs(model, _analysis_forward(model, codebase, dense['mode'], x))
+    forward, _ = analysed_forward(model, codebase, 'features' if dense['mode'] == FEATURES_MODE else 'model',
+                                  x.shape[-2:])
+    macs = count_nonzero_macs(model, lambda: forward(x))
     params = count_params(model)
     backbone_params = count_params(model.backbone) if hasattr(model, 'backbone') else None
     result = dict(dense)
@@ -289,7 +250,8 @@ def format_sparse_summary(result: Dict[str, object]) -> str:
         f'  FLOPs (non-zero): {result["nonzero_flops"] / 1e9:.3f} G   (dense {result["flops"] / 1e9:.3f} G, zeros '
         f'save {result["saved_macs"] / 1e9:.3f} G)',
         f'  params (non-zero, all tensors): {result["nonzero_params"] / 1e6:.3f} M   '
-        f'(SLaK counter, 2-D/4-D non-zeros only: {result["slak_params"] / 1e6:.3f} M; dense {result["params"] / 1e6:.3f} M)',
+        f'(SLaK counter, 2-D/4-D non-zeros only: {result["slak_params"] / 1e6:.3f} M; '
+        f'dense {result["params"] / 1e6:.3f} M)',
     ]
     if result.get('backbone_params'):
         bp = result['backbone_params']
@@ -301,10 +263,28 @@ def snip_densities_from_images(model: nn.Module, paths, size: int, sparsity: flo
                                seed: int = 0) -> Dict[str, float]:
     """:func:`snip_densities_of` on a batch made of the images ``paths`` (resized to ``size``) with random labels
     (at initialisation the labels' meaning does not matter; SLaK uses one training batch)."""
-    from .analysis import IMAGENET_MEAN, IMAGENET_STD, load_image
     x = torch.cat([load_image(p, size, mean or IMAGENET_MEAN, std or IMAGENET_STD) for p in paths])
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         num_classes = model(x[:1], mode='tensor').shape[-1]
     y = torch.randint(0, num_classes, (len(paths), ), generator=g)
     return snip_densities_of(model, x, y, sparsity)
+
+
+def snip_densities_for_config(cfg, num_images: int, size: int, sparsity: float, seed: int = 0,
+                              demo_root: str = 'data/demo') -> Dict[str, float]:
+    """SNIP densities of a classifier config's model at a seeded initialisation, on ``num_images`` demo images.
+
+    SNIP scores depend on the initial weights: ``seed`` fixes them (``torch.manual_seed`` before the model is
+    built and initialised), so the same seed gives the same densities.
+
+    Raises:
+        pelk_mm.errors.LaunchError: the config's model is not an mmpretrain classifier.
+    """
+    torch.manual_seed(seed)
+    model, codebase = build_counted_model(cfg)
+    if codebase != 'mmpretrain':
+        raise LaunchError('--sparse-init snip needs a classifier config; for seg/det pass the classifier\'s '
+                          'densities with --sparse-densities')
+    model.init_weights()
+    return snip_densities_from_images(model, find_images(None, num_images, demo_root), size, sparsity)

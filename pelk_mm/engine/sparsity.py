@@ -1,21 +1,23 @@
-"""Mask arithmetic of SLaK-style dynamic sparsity (used by :class:`~pelk_mm.engine.hooks.DynamicSparsityHook` and by
-the non-zero-aware complexity counter).
+"""Mask arithmetic of SLaK-style dynamic sparsity and SNIP connection sensitivities, used by
+:class:`~pelk_mm.engine.hooks.DynamicSparsityHook` and by the non-zero complexity counter
+(:mod:`pelk_mm.analysis.nonzero_complexity`).
 
-SLaK (``sparse_core.py``/``funcs.py``, pelk_paper.md §8) masks every 2-D/4-D weight (``layers='all'``) or only the
-large kernels (``--only-L``), picks the per-layer densities with SNIP (default), ERK or uniform, draws each layer's
-mask at random with its density, drops layers whose density ends up >= 0.99, and every ``u`` steps prunes the
-``ceil(rate * nnz)`` smallest-magnitude active weights of each layer and regrows as many inactive ones (random or
-largest gradient), with ``rate`` cosine-decayed from ``prune_rate`` to ``eta_min = 0.005``.
+SLaK masks every 2-D/4-D weight (``layers='all'``) or only the large kernels (``--only-L``), picks the per-layer
+densities with SNIP (default), ERK or uniform, draws each layer's mask at random with its density, drops layers
+whose density ends up >= 0.99, and every ``u`` steps prunes the ``ceil(rate * nnz)`` smallest-magnitude active
+weights of each layer and regrows as many inactive ones (random or largest gradient), with ``rate`` cosine-decayed
+from ``prune_rate`` to ``eta_min = 0.005``.
 
 Masks here are ``bool`` tensors shaped like their weights (``True`` = active). Differences from SLaK's code, all
-deliberate and documented: masks are drawn with an exact number of active weights (SLaK draws Bernoulli, so its
-count is exact only in expectation), and regrowth adds exactly as many weights as were pruned.
+deliberate: masks are drawn with an exact number of active weights (SLaK draws Bernoulli, so its count is exact
+only in expectation), and regrowth adds exactly as many weights as were pruned.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ def check_sparsity(sparsity, name: str = 'sparsity') -> float:
 
 
 def check_choice(value, choices: Sequence[str], name: str) -> str:
+    """Validate that ``value`` is one of ``choices`` (case-insensitive) and return it lower-cased."""
     if not isinstance(value, str) or value.lower() not in choices:
         raise ValueError(f'{name} must be one of {list(choices)}, got {name}={value!r}')
     return value.lower()
@@ -101,6 +104,38 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float,
         else:
             break
     return {n: 1.0 if n in dense else float(eps * raw[n]) for n in shapes}
+
+
+def snip_scores(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
+                names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """SNIP connection sensitivities ``|w * dL/dw|`` of the parameters ``names`` for one loss.
+
+    The loss is computed on a copy of ``model`` in train mode (BN batch statistics, as in training), so the model's
+    BN statistics, gradients and mode are untouched. A parameter that gets no gradient scores zero.
+
+    Args:
+        model (nn.Module): The (unwrapped) model at its current weights.
+        loss_fn (callable): ``loss_fn(net) -> scalar loss`` of one batch through ``net`` (the copy).
+        names (Sequence[str]): Parameter names (as ``model.named_parameters`` gives them) to score.
+
+    Returns:
+        dict: ``{name: score tensor shaped like the parameter}`` in the order of ``names``.
+    """
+    net = copy.deepcopy(model)
+    net.train()
+    net.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss_fn(net).backward()
+    params = dict(net.named_parameters())
+    scores = {}
+    for n in names:
+        p = params[n]
+        if p.grad is None:
+            scores[n] = torch.zeros_like(p)
+        else:
+            scores[n] = (p.detach() * p.grad.detach()).abs()
+    del net
+    return scores
 
 
 def snip_densities(scores: Mapping[str, torch.Tensor], density: float) -> Dict[str, float]:
@@ -199,6 +234,7 @@ def pack_mask(mask: torch.Tensor) -> dict:
 
 
 def unpack_mask(packed: dict, device=None) -> torch.Tensor:
+    """The ``bool`` mask of :func:`pack_mask`'s ``packed`` dict, on ``device``."""
     shape = [int(s) for s in packed['shape']]
     numel = int(np.prod(shape))
     bits = np.unpackbits(packed['bits'].cpu().numpy())[:numel].astype(bool)

@@ -1,1 +1,0 @@
-"""Utilities: SLaK-style mask arithmetic and non-zero-aware complexity counting."""
