@@ -47,10 +47,9 @@ def check_choice(value, choices: Sequence[str], name: str) -> str:
 
 # --------------------------------------------------------------------------- which weights
 def large_kernel_modules(model: nn.Module) -> Iterable[Tuple[str, nn.Module]]:
-    """``(name, module)`` of every large-kernel conv form registered in ``CONV_TYPES``."""
-    from pelk_mm.models.layers import CONV_TYPES  # local: avoid importing the models for pure mask maths
-    types = tuple(CONV_TYPES.values())
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    """``(name, module)`` of every large-kernel conv form (:class:`~pelk_mm.models.layers.LargeKernelConv`)."""
+    from pelk_mm.models.layers import LargeKernelConv  # local: avoid importing the models for pure mask maths
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LargeKernelConv)]
 
 
 def sparsifiable_params(model: nn.Module, layers: str = 'all',
