@@ -86,7 +86,7 @@ def test_every_shipped_config_passes(path):
 @pytest.mark.parametrize('options, key, fix', [
     ({'model.backbone.out_indices': [4]}, 'model.backbone.out_indices', 'list stage indices from 0'),
     ({'model.backbone.kpe_mode': 'sideways'}, 'model.backbone.kpe_mode', "use 'input', 'bias', 'weight' or None"),
-    ({'model.backbone.conv_type': 'sparse'}, 'model.backbone.conv_type', "use 'peripheral', 'dense' or 'stripe'"),
+    ({'model.backbone.conv_type': 'sparse'}, 'model.backbone.conv_type', "use 'peripheral', 'dense', 'stripe' or a registered LargeKernelConv form"),
     ({'model.backbone.arch': 'huge'}, 'model.backbone.arch', 'use arch one of tiny/small/base'),
 ])
 def test_backbone_errors_have_a_fix_for_their_key(options, key, fix):

@@ -20,6 +20,7 @@ from mmengine.dist import broadcast, get_rank, is_distributed
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
+from pelk_mm.errors import check_int
 from pelk_mm.registry import HOOKS
 from pelk_mm.engine.sparsity import (GROWTH_MODES, SPARSE_INITS, apply_masks, build_masks, check_choice,
                                      check_sparsity, cosine_prune_rate, erk_densities, overall_density, pack_mask,
@@ -101,10 +102,8 @@ class DynamicSparsityHook(Hook):
         self.layers = layers
         self.include = tuple(include)
         self.exclude = tuple(exclude)
-        if isinstance(update_interval, bool) or not isinstance(update_interval, int) or update_interval < 1:
-            raise ValueError(f'update_interval must be a positive int (iterations between prune-and-grow steps), '
-                             f'got update_interval={update_interval!r}')
-        self.update_interval = update_interval
+        self.update_interval = check_int('update_interval', update_interval,
+                                         why='iterations between prune-and-grow steps')
         for name, value in (('prune_rate', prune_rate), ('eta_min', eta_min)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f'{name} must be a number in [0, 1), got {name}={value!r}')
@@ -115,9 +114,8 @@ class DynamicSparsityHook(Hook):
         self.growth = check_choice(growth, GROWTH_MODES, 'growth')
         if stop_iter is not None and stop_fraction is not None:
             raise ValueError(f'give at most one of stop_iter={stop_iter!r} and stop_fraction={stop_fraction!r}')
-        if stop_iter is not None and (isinstance(stop_iter, bool) or not isinstance(stop_iter, int)
-                                      or stop_iter < 0):
-            raise ValueError(f'stop_iter must be a non-negative int, got stop_iter={stop_iter!r}')
+        if stop_iter is not None:
+            check_int('stop_iter', stop_iter, minimum=0)
         if stop_fraction is not None and (isinstance(stop_fraction, bool) or not isinstance(stop_fraction, (int, float))
                                           or not 0 <= stop_fraction <= 1):
             raise ValueError(f'stop_fraction must be a number in [0, 1], got stop_fraction={stop_fraction!r}')
