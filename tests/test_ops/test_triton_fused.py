@@ -86,10 +86,7 @@ def test_triton_reads_views_in_place(triton_interpreter, view):
     channels_last input gives a channels_last output."""
     grid = peripheral_grid(13)
     base, wt = _make(2, 6, 9, 22, grid, torch.float64, seed=6)
-    x = {'channels_last': base.contiguous(memory_format=torch.channels_last),
-         'channel_slice': base[:, 1:4],
-         'channels_last_slice': base.contiguous(memory_format=torch.channels_last)[:, 2:5],
-         'strided_w': base[..., ::2]}[view]
+    x = _battery.strided_view(base, view)
     assert not x.is_contiguous()
     x.requires_grad_(True)
     w = wt[:x.shape[1]].clone().requires_grad_(True)
@@ -189,20 +186,8 @@ def test_triton_grad_weight_bit_identical(triton_interpreter):
 
 def test_triton_torch_compile(triton_interpreter):
     """Both custom ops (forward, grad-weight) trace as opaque nodes with their fake kernels."""
-    torch._dynamo.reset()
     grid = peripheral_grid(13)
-    x, wt = _make(1, 2, 9, 8, grid, torch.float32, seed=9)
-
-    def f(x, w):
-        return peripheral_conv2d(x * 2, w, grid, 'triton').sin()
-
-    compiled = torch.compile(f, backend='aot_eager', fullgraph=True)
-    xa, wa = x.clone().requires_grad_(True), wt.clone().requires_grad_(True)
-    xb, wb = x.clone().requires_grad_(True), wt.clone().requires_grad_(True)
-    ya, yb = compiled(xa, wa), f(xb, wb)
-    ya.sum().backward()
-    yb.sum().backward()
-    assert rel_err(ya, yb) < 1e-6 and rel_err(xa.grad, xb.grad) < 1e-6 and rel_err(wa.grad, wb.grad) < 1e-6
+    _battery.check_compile('triton', *_make(1, 2, 9, 8, grid, torch.float32, seed=9), grid, tol=1e-6)
 
 
 COMPILE_SCRIPT = textwrap.dedent('''
