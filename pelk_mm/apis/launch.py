@@ -40,7 +40,7 @@ from pelk_mm.models import check_model_checkpoint  # also registers pelk_mm.PeLK
 from .check_data import check_data_paths
 
 __all__ = [
-    'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'build_train_parser', 'build_test_parser',
+    'add_config_tool_args', 'parse_tool_args', 'add_trust_checkpoint_arg', 'apply_trust_checkpoint', 'build_train_parser', 'build_test_parser',
     'parse_train_args', 'parse_test_args', 'merge_train_args', 'merge_test_args', 'amp_device_available',
     'resolve_amp', 'prepare_data', 'build_runner', 'check_launcher', 'check_load_from', 'train', 'test',
     'train_main', 'test_main'
@@ -72,6 +72,19 @@ def add_trust_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
         help=f'load checkpoints that the safe loader refuses (they need pickled globals beyond tensors and plain '
              f'data, so unpickling them can run code): only for files whose source you trust. Same as '
              f'{TRUST_ENV}=1; each such load is logged as a warning')
+
+
+def add_config_tool_args(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-options`` and ``--trust-checkpoint``, the flags every config-reading tool of ``tools/`` shares."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=_CFG_OPTIONS_HELP)
+    add_trust_checkpoint_arg(parser)
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """Parse a tool's command line and apply ``--trust-checkpoint`` (see :func:`add_config_tool_args`)."""
+    args = parser.parse_args(argv)
+    apply_trust_checkpoint(args)
+    return args
 
 
 def apply_trust_checkpoint(args) -> None:

@@ -4,7 +4,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 FORMS = ['train', 'deploy']
 X = torch.randn(2, 3, 40, 48, generator=torch.Generator().manual_seed(7))  # stage maps 10x12 ... 1x1
@@ -141,17 +140,7 @@ def test_new_input_size(helpers, form):
         assert_fresh(helpers, a, form, None, x)
 
 
-def reference_eq3(x, dense, h):
-    """Eq. 3 written out with unfold: ``Y(p) = sum_t w(t) (X(p + t) + h(t) [p + t inside])``."""
-    n, c, height, width = x.shape
-    k = dense.shape[-1]
-    cols = F.unfold(x, k, padding=k // 2).view(n, c, k * k, height * width)
-    inside = F.unfold(torch.ones_like(x[:1]), k, padding=k // 2).view(1, c, k * k, height * width)
-    taps = cols + h.reshape(1, c, k * k, 1) * inside
-    return (taps * dense.reshape(1, c, k * k, 1)).sum(2).view(n, c, height, width)
-
-
-def test_layer_data_write_against_eq3():
+def test_layer_data_write_against_eq3(reference_eq3):
     """The layer after a ``.data`` write of its weights and of the embedding, against Eq. 3 written out."""
     from pelk_mm.models.layers import PeripheralConv2d
     torch.manual_seed(0)

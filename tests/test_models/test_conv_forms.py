@@ -54,6 +54,7 @@ def test_a_wrong_argument_is_one_line(conv_type, kwargs, message):
      r'conv_cfg sets kernel_size=7, .* pass kernel_sizes=\.\.\. to PeLK'),
     (dict(conv_type='stripe', kpe_mode=None, conv_cfg=dict(stripe_widht=3)), r"takes no argument 'stripe_widht'"),
     (dict(conv_type='strpe'), r"conv_type='strpe' is not a registered"),
+    (dict(conv_cfg='stripe'), r"conv_cfg must be None or a dict .* got conv_cfg='stripe'"),
 ])
 def test_backbone_settings_for_another_form_are_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

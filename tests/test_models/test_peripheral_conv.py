@@ -19,16 +19,6 @@ def reference_dense_kernel(weight, grid):
     return out
 
 
-def reference_eq3(x, dense, h):
-    """Eq. 3 literally: Y(p) = sum_t w(t) * (X(p+t) + h(t) [p+t inside the image]), via unfold."""
-    n, c, height, width = x.shape
-    k = dense.shape[-1]
-    cols = F.unfold(x, k, padding=k // 2).view(n, c, k * k, height * width)
-    inside = F.unfold(torch.ones_like(x[:1]), k, padding=k // 2).view(1, c, k * k, height * width)
-    taps = cols + h.reshape(1, c, k * k, 1) * inside
-    return (taps * dense.reshape(1, c, k * k, 1)).sum(2).view(n, c, height, width)
-
-
 def build(channels, k, center=5, small=None, kpe_mode=None, norm=None, **kw):
     torch.manual_seed(0)
     return PeripheralConv2d(channels, k, center_size=center, small_kernel=small, kpe_mode=kpe_mode,
@@ -54,7 +44,7 @@ def test_forward_and_grads_match_dense_reference(k, center, hw):
 
 
 @pytest.mark.parametrize('hw', [(11, 11), (6, 9), (30, 30)])
-def test_kpe_input_mode_is_eq3(hw):
+def test_kpe_input_mode_is_eq3(hw, reference_eq3):
     k = 13
     m = build(4, k, kpe_mode='input')
     kpe = torch.nn.Parameter(torch.randn(4, k, k, dtype=torch.float64))
@@ -87,7 +77,7 @@ def test_kpe_required_when_enabled():
         m(torch.randn(1, 3, 5, 5, dtype=torch.float64))
 
 
-def test_kpe_term_follows_weight_updates_in_inference():
+def test_kpe_term_follows_weight_updates_in_inference(reference_eq3):
     m = build(3, 9, kpe_mode='input').eval()
     h = torch.randn(3, 9, 9, dtype=torch.float64)
     x = torch.randn(1, 3, 6, 6, dtype=torch.float64)

@@ -22,12 +22,10 @@ import torch  # noqa: E402
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args
     p = argparse.ArgumentParser(description='Measure inference throughput (Table 8 protocol)')
     p.add_argument('configs', nargs='+', help='config file(s)')
     p.add_argument('--checkpoint', help='checkpoint for the (single) config')
-    from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint
-    add_trust_checkpoint_arg(p)
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--shape', type=int, nargs='+', default=[224], help='input H [W]')
     p.add_argument('--warmup', type=int, default=10)
@@ -37,9 +35,8 @@ def parse_args(argv=None):
     p.add_argument('--deploy', action='store_true', help='re-parameterise (switch_to_deploy) before timing')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--json', metavar='OUT', help='write the results as JSON')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    args = p.parse_args(argv)
-    apply_trust_checkpoint(args)
+    add_config_tool_args(p)
+    args = parse_tool_args(p, argv)
     if len(args.shape) == 1:
         args.shape = args.shape * 2
     if len(args.shape) != 2:

@@ -19,7 +19,6 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
 
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
-from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.analysis.builder import load_cfg  # noqa: E402
 from pelk_mm.analysis.dense_complexity import analyze_config, format_count, format_table  # noqa: E402
@@ -27,13 +26,12 @@ from pelk_mm.errors import LaunchError  # noqa: E402
 
 
 def parse_args(argv=None):
+    from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args
     parser = argparse.ArgumentParser(description='Get the params and FLOPs of a model')
     parser.add_argument('config', help='config file path')
     parser.add_argument('--shape', type=int, nargs='+', default=None, metavar='SIZE',
                         help='input size: H W, or one number for a square input (default: per codebase)')
     parser.add_argument('--checkpoint', help='load these weights first (e.g. a sparse model: non-zero count)')
-    from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint
-    add_trust_checkpoint_arg(parser)
     parser.add_argument('--sparsity', type=float, default=None, metavar='S',
                         help='also count params/FLOPs the way SLaK/PeLK report them (non-zero weights only) with a '
                              'fraction S of the 2-D/4-D weights zeroed, e.g. 0.4 (backbone only for seg/det)')
@@ -47,14 +45,12 @@ def parse_args(argv=None):
                         help='per-parameter densities to use for --sparsity (e.g. a classifier\'s SNIP densities '
                              'written by --dump-densities, for its seg/det model: backbone.* names carry over)')
     parser.add_argument('--dump-densities', metavar='JSON', help='write the per-parameter densities used')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, key=value pairs')
     parser.add_argument('--mask-rois', type=int, default=None, metavar='N',
                         help='detectors: run the mask heads on the first N RoIs only (100 = mmdet 2 forward_dummy, '
                              'the convention of the papers\' detection FLOPs); default: all RPN proposals')
     parser.add_argument('--json', metavar='OUT', help='also write the results to this JSON file')
-    args = parser.parse_args(argv)
-    apply_trust_checkpoint(args)
+    add_config_tool_args(parser)
+    args = parse_tool_args(parser, argv)
     if args.shape is not None:
         if len(args.shape) == 1:
             args.shape = [args.shape[0], args.shape[0]]

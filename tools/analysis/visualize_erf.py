@@ -29,12 +29,10 @@ from pelk_mm.analysis.erf import THRESHOLDS, compute_erf, high_contribution_rati
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args
     p = argparse.ArgumentParser(description='Visualise and quantify the ERF of the last stage')
     p.add_argument('config', help='config file (mmpretrain / mmseg / mmdet; a PeLK-style backbone)')
     p.add_argument('--checkpoint', help='checkpoint to load (default: random init)')
-    from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint
-    add_trust_checkpoint_arg(p)
     p.add_argument('--data', help='folder of images (recursive); default: the demo ImageNet val split')
     p.add_argument('--demo-root', default='data/demo', help='where the demo data lives / is generated')
     p.add_argument('--num-images', type=int, default=50, help='images to aggregate (paper: 50)')
@@ -42,9 +40,8 @@ def parse_args(argv=None):
     p.add_argument('--thresholds', type=float, nargs='+', default=list(THRESHOLDS))
     p.add_argument('--out-dir', default='work_dirs/erf')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    args = p.parse_args(argv)
-    apply_trust_checkpoint(args)
+    add_config_tool_args(p)
+    args = parse_tool_args(p, argv)
     if args.num_images < 1 or args.input_size < 16:
         p.error(f'--num-images must be >= 1 and --input-size >= 16, got {args.num_images}, {args.input_size}')
     for t in args.thresholds:

@@ -35,12 +35,10 @@ def _plt():
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args
     p = argparse.ArgumentParser(description='Plot sharing grids, learned kernels and the params-vs-K curve')
     p.add_argument('config', nargs='?', help='config with a PeLK backbone')
     p.add_argument('--checkpoint', help='checkpoint (default: random init, still shows the grids)')
-    from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint
-    add_trust_checkpoint_arg(p)
     p.add_argument('--block', type=int, default=0, help='block of each stage whose kernel is drawn')
     p.add_argument('--channels', type=int, default=8, help='individual channels drawn per stage')
     p.add_argument('--kernel-sizes', type=int, nargs='+', default=list(FIG6_KERNELS),
@@ -48,9 +46,8 @@ def parse_args(argv=None):
     p.add_argument('--no-param-curve', action='store_true', help='skip the Fig. 6 curve')
     p.add_argument('--param-curve-only', action='store_true', help='only the Fig. 6 curve (no config needed)')
     p.add_argument('--out-dir', default='work_dirs/kernels')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    args = p.parse_args(argv)
-    apply_trust_checkpoint(args)
+    add_config_tool_args(p)
+    args = parse_tool_args(p, argv)
     if args.config is None and not args.param_curve_only:
         p.error('give a CONFIG, or --param-curve-only')
     for k in args.kernel_sizes:

@@ -17,10 +17,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
 
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
-from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.apis.cli import run_main  # noqa: E402
-from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
+from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args  # noqa: E402
 from pelk_mm.errors import DeployError  # noqa: E402
 from pelk_mm.analysis.builder import load_cfg  # noqa: E402
 from pelk_mm.deploy import convert_checkpoint  # noqa: E402
@@ -33,10 +32,8 @@ def parse_args(argv=None):
     p.add_argument('out', help='where to write the deploy-form checkpoint (.pth)')
     p.add_argument('--check-shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'),
                    help='input size of the equivalence check (default 224 224)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    add_trust_checkpoint_arg(p)
-    args = p.parse_args(argv)
-    apply_trust_checkpoint(args)
+    add_config_tool_args(p)
+    args = parse_tool_args(p, argv)
     return args
 
 

@@ -28,10 +28,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # this checkout
 
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
-from mmengine.config import DictAction  # noqa: E402
 
 from pelk_mm.apis.cli import run_main  # noqa: E402
-from pelk_mm.apis.launch import add_trust_checkpoint_arg, apply_trust_checkpoint  # noqa: E402
+from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args  # noqa: E402
 from pelk_mm.errors import DeployError  # noqa: E402
 from pelk_mm.analysis.builder import load_cfg  # noqa: E402
 from pelk_mm.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx, exportable,  # noqa: E402
@@ -56,10 +55,8 @@ def parse_args(argv=None):
     p.add_argument('--deployed', action='store_true', help='CKPT is already in deploy form (convert_to_deploy.py)')
     p.add_argument('--opset', type=int, default=17)
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings, key=value')
-    add_trust_checkpoint_arg(p)
-    args = p.parse_args(argv)
-    apply_trust_checkpoint(args)
+    add_config_tool_args(p)
+    args = parse_tool_args(p, argv)
     return args
 
 

@@ -246,6 +246,9 @@ class PeLK(BaseModule):
             raise ValueError(f'deploy must be True or False, got deploy={deploy!r}')
         self.deploy = deploy
         self.kpe_mode = kpe_mode
+        if conv_cfg is not None and not isinstance(conv_cfg, dict):
+            raise ValueError(f"conv_cfg must be None or a dict of the conv form's own arguments (e.g. "
+                             f"dict(type='stripe', stripe_width=7)), got conv_cfg={conv_cfg!r}")
         conv_cfg = dict(conv_cfg or {})
         conv_type = conv_cfg.pop('type', conv_type)
         for key, own in self._BACKBONE_FORM_ARGS.items():
