@@ -57,7 +57,7 @@ def build_model(cfg, deploy: bool) -> Tuple[nn.Module, str]:
 def load_weights(model: nn.Module, checkpoint: str) -> dict:
     """Load ``checkpoint``'s ``state_dict`` (mmengine's loader: local path or URL) into ``model`` strictly; returns
     the whole checkpoint dict. A checkpoint of the other form raises
-    :class:`~pelk_mm.models.layers.DeployFormError`, other key mismatches :class:`DeployError`."""
+    :class:`~pelk_mm.errors.DeployFormError`, other key mismatches :class:`DeployError`."""
     from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint_to_model
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise DeployError(f'checkpoint {checkpoint!r} does not exist')

@@ -4,7 +4,7 @@ against the dataset's classes.
 
 mmengine accepts most of these silently (``max_epochs=0`` trains nothing and exits 0, ``drop_path_rate=1.5`` trains
 normally) or fails deep inside the Runner (``optimizer.lrr``, ``train_cfg.max_epoch``, ``batch_size=0``). Each
-bad value here is one :class:`~pelk_mm.apis.validate.ConfigValidationError` naming the key, the value and the fix;
+bad value here is one :class:`~pelk_mm.errors.ConfigValidationError` naming the key, the value and the fix;
 a misspelt key gets the closest valid name.
 """
 from __future__ import annotations
