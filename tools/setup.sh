@@ -20,6 +20,13 @@ PY_BASE="${PELK_MM_PYTHON:-python3}"
 LOG_DIR="$ROOT/work_dirs/setup_logs"
 mkdir -p "$LOG_DIR" "$CACHE"
 
+# One set-up at a time per cache: a second one waits for the first instead of building mmcv again beside it.
+exec 9>"$CACHE/setup.lock"
+if ! flock -n 9; then
+    echo "[setup] another tools/setup.sh is running (lock $CACHE/setup.lock): waiting for it to finish"
+    flock 9
+fi
+
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
