@@ -47,6 +47,31 @@ run() {
     fi
 }
 
+# mmcv_progress BUILD_DIR: while mmcv compiles, one line a minute (or when 10 % more is done): objects compiled out of
+# the total that its build.ninja lists, elapsed time and an estimate of the rest (a straight-line extrapolation).
+mmcv_progress() {
+    local build="$1" start shown=-1 last=0 ninja total done now left
+    start=$(date +%s)
+    while sleep 15; do
+        ninja=$(find "$build" -name build.ninja -print -quit 2>/dev/null)
+        [ -n "$ninja" ] || continue
+        total=$(grep -c '^build [^:]*\.o: ' "$ninja" || true)
+        done=$(find "$build" -name '*.o' 2>/dev/null | wc -l)
+        now=$(date +%s)
+        [ "${total:-0}" -gt 0 ] || continue
+        if [ "$done" -ne "$shown" ] && { [ $((now - last)) -ge 60 ] || [ $(((done - shown) * 10)) -ge "$total" ]; }; then
+            if [ "$done" -gt 0 ]; then
+                left="about $(( ((now - start) * (total - done) / done + 59) / 60 )) min left"
+            else
+                left="estimating"
+            fi
+            printf '            mmcv: %d/%d objects compiled, %d min %02d s elapsed, %s\n' \
+                "$done" "$total" $(((now - start) / 60)) $(((now - start) % 60)) "$left"
+            shown=$done; last=$now
+        fi
+    done
+}
+
 command -v "$PY_BASE" >/dev/null || die "python interpreter '$PY_BASE' not found; set PELK_MM_PYTHON to a python 3.10-3.12"
 
 # 1. virtual environment. If the base interpreter already has a CUDA build of torch (e.g. a GPU cluster image),
@@ -101,8 +126,12 @@ else
         sed -i 's/-std=c++17/-std=c++20/g' "$BUILD/mmcv-$MMCV_VERSION/setup.py"
         jobs="${MAX_JOBS:-$(nproc)}"
         if [ "$WANT_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
+        mmcv_progress "$BUILD" & progress_pid=$!
+        trap 'kill $progress_pid 2>/dev/null' EXIT
         MMCV_WITH_OPS=1 MAX_JOBS="$jobs" run mmcv-build "${PIP[@]}" wheel --no-build-isolation --no-deps \
             "$BUILD/mmcv-$MMCV_VERSION" -w "$BUILD/dist"
+        kill "$progress_pid" 2>/dev/null || true
+        trap - EXIT
         mkdir -p "$WHEEL_DIR.tmp.$$"
         cp "$BUILD"/dist/mmcv-*.whl "$WHEEL_DIR.tmp.$$/"
         rm -rf "$WHEEL_DIR" && mv "$WHEEL_DIR.tmp.$$" "$WHEEL_DIR"   # atomic publish into the cache
