@@ -52,3 +52,15 @@ def test_erf_tool_rejects_bad_thresholds(erf_tool, tiny_config, capsys):
     assert run_main(lambda: erf_tool.main([tiny_config + '.missing']), (FileNotFoundError, )) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: config file '{tiny_config}.missing' does not exist"]
+
+
+def test_erf_picture_has_axes_scale_and_says_what_is_normalised(erf_tool, tmp_path):
+    erf = np.zeros((64, 48))
+    erf[32, 24] = 10.0
+    fig = erf_tool.save_heatmap(erf, str(tmp_path / 'erf.png'), 'ERF demo')
+    ax = next(a for a in fig.axes if a.images)
+    assert 'pixels from the centre' in ax.get_xlabel() and 'pixels from the centre' in ax.get_ylabel()
+    assert ax.get_xlim() == pytest.approx((-24, 24)) and ax.get_ylim() == pytest.approx((32, -32))
+    assert 'centre output of the last stage' in ax.get_title()
+    bar = next(a for a in fig.axes if not a.images)
+    assert 'log10(1 + ' in bar.get_ylabel() and 'divided by its maximum' in bar.get_ylabel()

@@ -57,3 +57,40 @@ def test_needs_config_or_curve_only(kernels_tool):
         kernels_tool.main([])
     with pytest.raises(SystemExit):
         kernels_tool.main(['--param-curve-only', '--kernel-sizes', '8'])
+
+
+def _images_and_bars(fig):
+    """The axes holding an image, and the colour-bar labels of the figure."""
+    images = [ax for ax in fig.axes if ax.images]
+    bars = [ax.get_ylabel() for ax in fig.axes if not ax.images and not ax.patches and ax.get_ylabel()]
+    return images, bars
+
+
+def test_pictures_explain_themselves(kernels_tool, tmp_path):
+    """Every kernel image has a labelled colour bar, tap-offset axes and a title saying what is shown; the grid has a
+    legend for shared and unshared cells."""
+    import torch
+    from pelk_mm.models.layers import PeripheralConv2d
+    conv = PeripheralConv2d(4, 13, center_size=5)
+    kernel = torch.randn(4, 13, 13)
+    fig = kernels_tool.plot_kernels(kernel, str(tmp_path / 'k.png'), 'stage 0', channels=2)
+    images, bars = _images_and_bars(fig)
+    assert len(images) == 3 and len(bars) == 3 and set(bars) == {'mean |weight|', 'weight'}
+    assert all(ax.get_title() for ax in images)
+    assert images[0].get_xlabel() and images[0].get_ylabel()
+    assert 'effective weight of every tap' in fig._suptitle.get_text()
+    # the image axes span the tap offsets -6 .. 6 (13 taps, centred)
+    assert images[1].get_xlim() == pytest.approx((-6.5, 6.5))
+
+    fig = kernels_tool.plot_grid(conv, str(tmp_path / 'g.png'), 'stage 0')
+    ax = fig.axes[0]
+    assert 'offset from the centre' in ax.get_xlabel() and ax.get_ylabel()
+    assert '9x9 weights cover the 13x13 kernel' in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ['one weight per tap', 'one weight shared by the cell']
+    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ['-6.5', '-4.5']
+
+    fig = kernels_tool.plot_overview(conv, kernel, str(tmp_path / 'o.png'), 'stage 0')
+    images, bars = _images_and_bars(fig)
+    assert len(images) == 1 and bars == ['mean |weight| over 4 channels']
+    assert all(ax.get_xlabel() for ax in fig.axes[:2]) and fig._suptitle.get_text() == 'stage 0'

@@ -50,20 +50,26 @@ def parse_args(argv=None):
     return args
 
 
-def save_heatmap(erf: np.ndarray, path: str, title: str = '') -> None:
+def save_heatmap(erf: np.ndarray, path: str, title: str = ''):
+    """The ERF map as plotted by RepLKNet: ``log10(erf + 1)`` scaled so its maximum is 1, on axes in input pixels
+    from the centre, with a labelled colour bar. Returns the (closed) figure."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     data = normalised_log_map(erf)
-    fig, ax = plt.subplots(figsize=(6, 6.4), dpi=100)
-    im = ax.imshow(data, cmap='RdYlGn', vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    h, w = data.shape
+    fig, ax = plt.subplots(figsize=(6.2, 6.4), dpi=100)
+    im = ax.imshow(data, cmap='RdYlGn', vmin=0, vmax=1, extent=(-w / 2, w / 2, h / 2, -h / 2))
+    ax.set_xlabel('input pixels from the centre (x)', fontsize=8)
+    ax.set_ylabel('input pixels from the centre (y)', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f'{title}\ncontribution of each input pixel to the centre output of the last stage', fontsize=8)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label('log10(1 + summed positive input gradient), divided by its maximum', fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
