@@ -68,15 +68,96 @@ def _check_schedule(cfg) -> None:
             _positive_int(train_cfg[key], f'train_cfg.{key}', key)
 
 
+# --------------------------------------------------------------------------------------------------- schedulers
+def _scheduler_items(cfg):
+    """``(config key, scheduler cfg)`` of ``param_scheduler``: a list, one dict, or a dict of lists per optimizer."""
+    schedulers = cfg.get('param_scheduler', None)
+    if hasattr(schedulers, 'get') and 'type' not in schedulers:  # OptimWrapperDict: one list per optimizer
+        groups = [(f'param_scheduler.{name}', value) for name, value in schedulers.items()]
+    else:
+        groups = [('param_scheduler', schedulers)]
+    for prefix, group in groups:
+        if isinstance(group, (list, tuple)):
+            for i, item in enumerate(group):
+                if hasattr(item, 'get'):
+                    yield f'{prefix}.{i}', item
+        elif hasattr(group, 'get'):
+            yield prefix, group
+
+
+def _training_length(cfg):
+    """``(unit, length)`` of the train loop: ``('max_epochs', n)`` or ``('max_iters', n)``; None if unknown."""
+    train_cfg = cfg.get('train_cfg', None)
+    if not hasattr(train_cfg, 'get'):
+        return None
+    loop = str(train_cfg.get('type', '') or '').split('.')[-1]
+    by_epoch = loop == 'EpochBasedTrainLoop' or (not loop and train_cfg.get('by_epoch', True))
+    unit = 'max_epochs' if by_epoch else 'max_iters'
+    if loop not in ('', 'EpochBasedTrainLoop', 'IterBasedTrainLoop'):
+        return None
+    length = train_cfg.get(unit, None)
+    return (unit, length) if isinstance(length, numbers.Integral) and not isinstance(length, bool) else None
+
+
+def _check_schedulers(cfg) -> None:
+    length = _training_length(cfg)
+    for key, sched in _scheduler_items(cfg):
+        name = str(sched.get('type', '')).split('.')[-1]
+        for arg in ('eta_min', 'eta_min_ratio'):
+            value = sched.get(arg, None)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and value < 0:
+                _fail(f'{key}.{arg}', f'{name} would anneal the value to {value!r}, below 0 (a negative learning '
+                      f'rate trains uphill)', f'give {arg} >= 0, e.g. --cfg-options {key}.{arg}=0')
+        milestones = sched.get('milestones', None)
+        if length is None or not name.startswith('MultiStep') or not isinstance(milestones, (list, tuple)):
+            continue
+        unit, total = length
+        # NOTE: a by_epoch scheduler counts epochs, an iteration one iterations: compare like with like only
+        if bool(sched.get('by_epoch', True)) != (unit == 'max_epochs'):
+            continue
+        begin = sched.get('begin', 0) or 0
+        # mmengine counts a milestone from the scheduler's begin; the decay of milestone m applies from step
+        # begin + m on, so m >= total - begin never changes the value
+        late = [m for m in milestones if isinstance(m, numbers.Real) and begin + m >= total]
+        if late:
+            shown = f'begin={begin} + ' if begin else ''
+            _fail(f'{key}.milestones', f'{name} milestone{"s" if len(late) > 1 else ""} '
+                  f'{", ".join(str(m) for m in late)} ({shown}{"epochs" if unit == "max_epochs" else "iterations"}) '
+                  f'{"are" if len(late) > 1 else "is"} not before the end of training (train_cfg.{unit}={total}), '
+                  f'so that decay never happens',
+                  f'give milestones below {total - begin} (e.g. --cfg-options {key}.milestones='
+                  f'"[{max(1, (total - begin) * 2 // 3)},{max(1, (total - begin) * 11 // 12)}]"), or train longer')
+
+
 # --------------------------------------------------------------------------------------------------- optimizer
-def _optimizer_class(opt_type):
+def _optimizers_registry(scope: Optional[str]):
+    """The ``OPTIMIZERS`` registry the Runner builds from: the codebase's (which falls back to mmengine's)."""
+    import importlib
+    if scope:
+        try:
+            return importlib.import_module(f'{scope}.registry').OPTIMIZERS
+        except (ImportError, AttributeError):
+            pass
+    from mmengine.registry import OPTIMIZERS
+    return OPTIMIZERS
+
+
+def _optimizer_class(opt_type, scope: Optional[str] = None):
     if not isinstance(opt_type, str):
         return opt_type if inspect.isclass(opt_type) else None
-    from mmengine.registry import OPTIMIZERS
     try:
-        return OPTIMIZERS.get(opt_type)
-    except Exception:  # noqa: BLE001 - an unknown name is reported by the registry itself
+        return _optimizers_registry(scope).get(opt_type)
+    except Exception:  # noqa: BLE001 - a malformed scoped name ('x.y.z') is reported as unknown
         return None
+
+
+def _optimizer_names(scope: Optional[str]) -> Set[str]:
+    names: Set[str] = set()
+    registry = _optimizers_registry(scope)
+    while registry is not None:
+        names |= set(registry.module_dict)
+        registry = registry.parent
+    return names
 
 
 def _check_optimizer(cfg) -> None:
@@ -95,7 +176,20 @@ def _check_optimizer(cfg) -> None:
     if not hasattr(optimizer, 'get'):
         _fail('optim_wrapper.optimizer', f'missing (got {optimizer!r})',
               "give the optimizer, e.g. optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3))")
-    cls = _optimizer_class(optimizer.get('type', None))
+    opt_type = optimizer.get('type', None)
+    scope = cfg.get('default_scope', None)
+    cls = _optimizer_class(opt_type, scope)
+    if cls is None and not (isinstance(opt_type, str) or inspect.isclass(opt_type)):
+        _fail('optim_wrapper.optimizer.type', f'the optimizer needs a type, got {opt_type!r}',
+              "name a registered optimizer, e.g. optim_wrapper.optimizer.type='AdamW'")
+    if cls is None and isinstance(opt_type, str):
+        # NOTE: mmengine's optimizer constructor looks the name up, gets None and fails in inspect with "None is
+        # not a callable object", naming neither the key nor the value
+        names = _optimizer_names(scope)
+        _fail('optim_wrapper.optimizer.type', f'no optimizer {opt_type!r} is registered'
+              f'{closest_name(opt_type, names)}',
+              'use a torch.optim optimizer (SGD, AdamW, ...) or one the codebase registers; a custom one needs '
+              'its module in custom_imports')
     if cls is not None:
         keys = _init_keys(cls)
         if keys is not None:
@@ -117,6 +211,63 @@ def _check_loaders(cfg) -> None:
             _positive_int(loader['batch_size'], f'{name}.batch_size', 'batch_size')
         if 'num_workers' in loader:
             _positive_int(loader['num_workers'], f'{name}.num_workers', 'num_workers', minimum=0)
+
+
+#: pipeline transform arguments that are image sizes (or scale factors): each number must be > 0; -1 is mmpretrain's
+#: "keep the aspect ratio" marker
+_SIZE_ARGS = ('scale', 'scales', 'img_scale', 'crop_size', 'size', 'scale_factor', 'ratio_range')
+
+
+def _numbers(value):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _numbers(item)
+
+
+def _walk_transforms(value, key: str):
+    """``(config key, transform cfg)`` of every transform in a pipeline, including those nested in wrappers
+    (``RandomChoice``, ``TestTimeAug``, ``RandomApply`` ...)."""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _walk_transforms(item, f'{key}.{i}')
+    elif hasattr(value, 'get'):
+        if 'type' in value:
+            yield key, value
+        for name, item in value.items():
+            if isinstance(item, (list, tuple)) or (hasattr(item, 'get') and 'type' in item):
+                yield from _walk_transforms(item, f'{key}.{name}')
+
+
+def _dataset_cfgs(dataset, key: str):
+    if not hasattr(dataset, 'get'):
+        return
+    yield key, dataset
+    yield from _dataset_cfgs(dataset.get('dataset', None), f'{key}.dataset')
+    inners = dataset.get('datasets', None)
+    if isinstance(inners, (list, tuple)):
+        for i, inner in enumerate(inners):
+            yield from _dataset_cfgs(inner, f'{key}.datasets.{i}')
+
+
+def _check_pipelines(cfg, mode: str) -> None:
+    loaders = ('train_dataloader', 'val_dataloader') if mode == 'train' else (f'{mode}_dataloader', )
+    for name in loaders:
+        loader = cfg.get(name, None)
+        if not hasattr(loader, 'get'):
+            continue
+        for ds_key, dataset in _dataset_cfgs(loader.get('dataset', None), f'{name}.dataset'):
+            pipeline = dataset.get('pipeline', None)
+            for key, transform in _walk_transforms(pipeline, f'{ds_key}.pipeline'):
+                for arg in _SIZE_ARGS:
+                    value = transform.get(arg, None)
+                    bad = [v for v in _numbers(value) if v <= 0 and v != -1]
+                    if bad:
+                        _fail(f'{key}.{arg}', f'{transform.get("type")} {arg}={value!r} would give an empty image '
+                              f'(sizes and factors must be > 0)',
+                              f'give a positive {arg}, e.g. --cfg-options {key}.{arg}=224 (or a (width, height) '
+                              f'pair where the transform takes one)')
 
 
 def _check_drop_path(cfg) -> None:
@@ -190,8 +341,10 @@ def check_settings(cfg, mode: str = 'train') -> List[str]:
     if mode == 'train':
         _check_load_from_mismatch(cfg)
         _check_schedule(cfg)
+        _check_schedulers(cfg)
         _check_optimizer(cfg)
         _check_drop_path(cfg)
     _check_loaders(cfg)
+    _check_pipelines(cfg, mode)
     _check_num_classes(cfg, mode)
     return []

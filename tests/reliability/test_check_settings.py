@@ -50,6 +50,23 @@ CASES = {
                         '19 classes, but train_dataloader.dataset has'),
     'num_classes_det': (DET, {'model.roi_head.bbox_head.0.num_classes': 3}, 'model.roi_head.bbox_head[0].num_classes',
                         '3 classes, but train_dataloader.dataset has'),
+    # the det demo's MultiStepLR milestones [9, 11] in a 4-epoch run: the lr never decays
+    'milestones_beyond_max_epochs': (DET, {'train_cfg.max_epochs': 4}, 'param_scheduler.1.milestones',
+                                     'milestones 9, 11 (epochs) are not before the end of training '
+                                     '(train_cfg.max_epochs=4)'),
+    'milestone_after_begin': (DET, {'param_scheduler.1.begin': 4}, 'param_scheduler.1.milestones',
+                              'milestones 9, 11 (begin=4 + epochs)'),
+    'eta_min_negative': (CLS, {'param_scheduler.1.eta_min': -4e-3}, 'param_scheduler.1.eta_min',
+                         'CosineAnnealingLR would anneal the value to -0.004, below 0'),
+    'optimizer_unknown': (CLS, {'optim_wrapper.optimizer.type': 'AdamWW'}, 'optim_wrapper.optimizer.type',
+                          "no optimizer 'AdamWW' is registered (did you mean 'AdamW'?)"),
+    'random_resized_crop_scale_0': (CLS, {'train_dataloader.dataset.pipeline.1.scale': 0},
+                                    'train_dataloader.dataset.pipeline.1.scale',
+                                    'RandomResizedCrop scale=0 would give an empty image'),
+    'resize_scale_0_0': (DET, {'val_dataloader.dataset.pipeline.1.scale': (0, 0)},
+                         'val_dataloader.dataset.pipeline.1.scale', 'Resize scale=(0, 0) would give an empty image'),
+    'nested_resize_scale_0': (DET, {}, 'train_dataloader.dataset.pipeline.3.transforms.1.0.scales',
+                              'RandomChoiceResize scales='),
 }
 
 
@@ -59,6 +76,8 @@ def test_bad_setting_is_one_line(name):
     cfg = _cfg(path)
     if name == 'num_classes_det':
         cfg.model.roi_head.bbox_head[0].num_classes = 3
+    elif name == 'nested_resize_scale_0':  # inside RandomChoice's second branch
+        cfg.train_dataloader.dataset.pipeline[3].transforms[1][0].scales = [(0, 320), (128, 320)]
     else:
         cfg.merge_from_dict(options)
     with pytest.raises(ConfigValidationError) as err:
@@ -96,6 +115,38 @@ def test_backbone_errors_have_a_fix_for_their_key(options, key, fix):
     with pytest.raises(ConfigValidationError) as err:
         build_backbone_meta(cfg.model.backbone)
     assert err.value.key == key and f'Fix: {fix}' in str(err.value), str(err.value)
+
+
+def test_reachable_milestones_and_zero_eta_min_pass():
+    cfg = _cfg(DET)
+    cfg.merge_from_dict({'train_cfg.max_epochs': 12, 'param_scheduler.1.milestones': [8, 11]})
+    check_settings(cfg, 'train')
+    cfg = _cfg(CLS)
+    cfg.merge_from_dict({'param_scheduler.1.eta_min': 0.0})
+    check_settings(cfg, 'train')
+    # the keep-the-aspect-ratio marker -1 of mmpretrain's Resize is a valid size
+    cfg.test_dataloader.dataset.pipeline[1] = dict(type='Resize', scale=(64, -1))
+    check_settings(cfg, 'test')
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'out_indices': [3, 3]}, 'out_indices=[3, 3] lists stage 3 twice'),
+    ({'out_indices': [-1, 3]}, 'out_indices=[-1, 3] lists stage 3 twice'),
+    ({'layer_scale_init_value': -1e-6}, 'layer_scale_init_value must be a number >= 0'),
+])
+def test_backbone_refuses_repeated_stages_and_negative_layer_scale(options, message):
+    from pelk_mm.apis.validate import build_backbone_meta
+    from pelk_mm.models import PeLK
+    key = 'model.backbone.' + next(iter(options))
+    with pytest.raises(ConfigValidationError) as err:
+        PeLK(arch=dict(depths=[1, 1, 1, 1], channels=[8, 8, 8, 8], kernel_sizes=[7, 5, 5, 3],
+                       center_sizes=[3, 3, 3, 3]), **options)
+    assert message in str(err.value) and err.value.key == key and '\n' not in str(err.value)
+    cfg = _cfg(CLS)
+    cfg.model.backbone.update(options)
+    with pytest.raises(ConfigValidationError) as err:  # the pre-flight check names the key
+        build_backbone_meta(cfg.model.backbone)
+    assert message in str(err.value) and str(err.value).startswith('config key `model.backbone')
 
 
 def test_load_from_mismatch_value_is_checked():

@@ -16,7 +16,7 @@ from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pelk_mm.errors import check_int
+from pelk_mm.errors import ConfigValidationError, check_int
 from pelk_mm.registry import MODELS
 from ..layers import KPE_MODES, DropPath, LayerNorm2d, PartialPeripheralConv, conv_form_class
 from ..layers.conv_form import form_args_of
@@ -236,6 +236,11 @@ class PeLK(BaseModule):
         if kpe_mode is not None and kpe_mode not in KPE_MODES:
             raise ValueError(f'kpe_mode must be one of {KPE_MODES} or None, got kpe_mode={kpe_mode!r}')
 
+        if isinstance(layer_scale_init_value, bool) or not isinstance(layer_scale_init_value, (int, float)) \
+                or not layer_scale_init_value >= 0:
+            raise ConfigValidationError(
+                f'layer_scale_init_value must be a number >= 0 (0 disables the layer scale; PeLK uses 1e-6), got '
+                f'layer_scale_init_value={layer_scale_init_value!r}', 'model.backbone.layer_scale_init_value')
         self.out_indices = self._parse_out_indices(out_indices)
         if not isinstance(frozen_stages, int) or not 0 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be an int in [0, {self.num_stages}], got {frozen_stages!r}')
@@ -348,6 +353,11 @@ class PeLK(BaseModule):
             if not isinstance(index, int) or not -self.num_stages <= index < self.num_stages:
                 raise ValueError(f'out_indices entry {index!r} is out of range for {self.num_stages} stages '
                                  f'(valid: {-self.num_stages} ... {self.num_stages - 1})')
+            if index % self.num_stages in parsed:
+                raise ConfigValidationError(
+                    f'out_indices={list(out_indices)!r} lists stage {index % self.num_stages} twice (negative '
+                    f'indices count from the end of the {self.num_stages} stages); list each stage once',
+                    'model.backbone.out_indices')
             parsed.append(index % self.num_stages)
         return parsed
 
