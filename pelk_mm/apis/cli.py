@@ -1,5 +1,8 @@
 """How ``tools/*.py`` run: a user error (:data:`pelk_mm.errors.USER_ERRORS`) is one line on stderr and an exit
-status, with no traceback; anything else (a bug) keeps its traceback. See :mod:`pelk_mm.errors`."""
+status, with no traceback; anything else (a bug) keeps its traceback. See :mod:`pelk_mm.errors`.
+
+An error that carries ``lines`` (the data checks of :mod:`pelk_mm.apis.check_data` find several kinds of problems
+in one pass) is printed as one ``error:`` line per entry."""
 from __future__ import annotations
 
 import sys
@@ -15,9 +18,18 @@ def run_cli(fn: Callable, args) -> int:
     try:
         fn(args)
     except USER_ERRORS as err:
-        print(format_user_error(err), file=sys.stderr, flush=True)
+        _print_user_error(err)
         return exit_code(err)
     return 0
+
+
+def _print_user_error(err: BaseException) -> None:
+    lines = getattr(err, 'lines', None)
+    if isinstance(lines, (list, tuple)) and lines and all(isinstance(line, str) for line in lines):
+        text = '\n'.join(f'error: {" ".join(line.split())}' for line in lines)
+    else:
+        text = format_user_error(err)
+    print(text, file=sys.stderr, flush=True)
 
 
 def run_main(main: Callable[[], int], extra: Tuple[Type[BaseException], ...] = ()) -> int:
@@ -27,5 +39,5 @@ def run_main(main: Callable[[], int], extra: Tuple[Type[BaseException], ...] = (
     try:
         return main()
     except USER_ERRORS + tuple(extra) as err:
-        print(format_user_error(err), file=sys.stderr, flush=True)
+        _print_user_error(err)
         return exit_code(err)

@@ -554,14 +554,37 @@ def test(args):
     return runner, metrics
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def _run_cli(fn, args) -> int:
     from pelk_mm.compat import apply_launcher_patches
     apply_launcher_patches()  # CPU/gloo launcher and elastic rendezvous: needed by these entry points only
     from .cli import run_cli  # user errors (config, data, checkpoint, non-finite stop) as one line, no traceback
+    import signal
+    import sys
+    import threading
+
     import torch.distributed as torch_dist
+    # NOTE: a single process stopped by SIGTERM (a scheduler, `kill`) or Ctrl-C says so in one line and exits
+    # 128 + N; checkpoints are written atomically, so the last one is intact. Under torchrun the agent reports the
+    # signal once for all workers (pelk_mm.apis.torchrun), so workers keep the default handling.
+    single = getattr(args, 'launcher', 'none') == 'none' and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if single else None
     try:
         rc = run_cli(fn, args)
+    except KeyboardInterrupt as err:
+        if not single:
+            raise
+        signum = err.args[0] if err.args and isinstance(err.args[0], int) else signal.SIGINT
+        resume = '; resume with --resume (the same command plus --resume continues from the last checkpoint)' \
+            if fn is train else ''
+        print(f'error: stopped by {signal.Signals(signum).name}{resume}', file=sys.stderr, flush=True)
+        rc = 128 + int(signum)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         distributed = torch_dist.is_available() and torch_dist.is_initialized()
         if distributed:
             torch_dist.destroy_process_group()
@@ -571,7 +594,6 @@ def _run_cli(fn, args) -> int:
         # 2-process CPU runs on a loaded machine, which the agent then reports as a failed job. Everything the run
         # writes is flushed and fsynced by now, so the worker leaves without those destructors.
         import logging as _logging
-        import sys
         _logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
