@@ -11,6 +11,8 @@ _base_ = [
     './_base_/default_runtime.py',
 ]
 
+env_cfg = dict(dist_cfg=dict(timeout=_base_.dist_timeout))  # a stalled collective fails the run
+
 # ImageNet-1K PeLK-T checkpoint saved by training configs/pelk_t_in1k.py (or any state dict whose backbone keys
 # start with `backbone.`); elsewhere: --cfg-options model.backbone.init_cfg.checkpoint=/path/to/pelk_t_in1k.pth
 checkpoint_file = 'work_dirs/pelk_t_in1k/epoch_300.pth'

@@ -12,6 +12,8 @@ _base_ = [
     './_base_/default_runtime.py',
 ]
 
+env_cfg = dict(dist_cfg=dict(timeout=_base_.dist_timeout))  # a stalled collective fails the run
+
 custom_hooks = [_base_.ema_hook, *_base_.pelk_hooks, _base_.sparsity_hook]
 visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'))

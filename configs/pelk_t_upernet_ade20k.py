@@ -11,6 +11,8 @@ _base_ = [
     './_base_/default_runtime.py',
 ]
 
+env_cfg = dict(dist_cfg=dict(timeout=_base_.dist_timeout))  # a stalled collective fails the run
+
 # ImageNet-1K PeLK-T checkpoint saved by training configs/pelk_t_in1k.py (backbone.* keys). The per-output norms
 # norm0..norm3 are new (reported as missing) and the classifier head is dropped by the prefix; elsewhere:
 # --cfg-options model.backbone.init_cfg.checkpoint=/path/to/pelk_t_in1k.pth

@@ -397,28 +397,43 @@ def _umask() -> int:
     return mask
 
 
-#: the temporary files :func:`atomic_write` leaves when the process is killed mid-write
-STALE_TMP_PATTERN = '.*.tmp'
+#: the marker in the name of every temporary file of :func:`atomic_write`: ``.<target>.pelk_mm-<pid>-<random>.tmp``
+TMP_MARKER = 'pelk_mm'
+_TMP_NAME = re.compile(r'^\.(?P<target>.+)\.' + TMP_MARKER + r'-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$')
+#: the files of a work dir whose interrupted writes :func:`remove_stale_writes` removes: checkpoints and the
+#: ``last_checkpoint`` marker (the files the project writes there through :func:`atomic_write`)
+_OWN_TARGET = re.compile(r'^(.+\.pth|last_checkpoint)$')
+
+
+def stale_write_target(name: str) -> Optional[str]:
+    """The file that the temporary file ``name`` of an interrupted :func:`atomic_write` was to replace, or None when
+    ``name`` is not such a file (any other name, including a user's own ``*.tmp``)."""
+    m = _TMP_NAME.match(name)
+    return m.group('target') if m and _OWN_TARGET.match(m.group('target')) else None
 
 
 def remove_stale_writes(folder: str) -> List[str]:
-    """Delete the ``.<name>.<random>.tmp`` files of interrupted :func:`atomic_write` calls in ``folder``; returns
-    their paths. Call it only where no other process is writing into ``folder``."""
-    import glob
+    """Delete the temporary files that interrupted :func:`atomic_write` calls left in ``folder`` (only
+    ``.<checkpoint or last_checkpoint>.pelk_mm-<pid>-<random>.tmp``; any other file is kept); returns their paths.
+    Call it only where no other process is writing into ``folder`` (the launcher holds the work dir's lock)."""
     removed = []
-    for path in glob.glob(osp.join(glob.escape(folder), STALE_TMP_PATTERN)):
-        if re.match(r'^\..+\.[A-Za-z0-9_]{6,}\.tmp$', osp.basename(path)) and osp.isfile(path):
-            os.unlink(path)
-            removed.append(path)
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name) if osp.isdir(folder) else []:
+        if stale_write_target(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed.append(entry.path)
     return removed
 
 
 def atomic_write(data, filepath, mode: str = 'w', encoding=None) -> None:
-    """Write ``data`` to ``filepath`` via a temp file in the same folder, fsync and rename (atomic on POSIX)."""
+    """Write ``data`` to ``filepath`` via a temp file in the same folder, fsync and rename (atomic on POSIX).
+
+    The temp file is named ``.<name>.pelk_mm-<pid>-<random>.tmp``: a kill during the write leaves only a file of
+    that unmistakable form, which :func:`remove_stale_writes` recognises."""
     filepath = str(filepath)
     folder = osp.dirname(osp.abspath(filepath))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filepath) + '.', suffix='.tmp', dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(filepath)}.{TMP_MARKER}-{os.getpid()}-', suffix='.tmp',
+                               dir=folder)
     try:
         # NOTE: mkstemp creates the file 0600; a plain open() would give 0666 minus the umask, as users expect
         os.fchmod(fd, 0o666 & ~_umask())
@@ -442,3 +457,12 @@ def _disk_full(filepath: str, folder: str, size: int):
         errno.ENOSPC, f'no space left on the disk of {folder} while writing {filepath} ({size / 2**20:.1f} MB; '
         f'{free / 2**20:.1f} MB free): the files written before are intact. Fix: free space there (or point '
         f'--work-dir at a larger disk), then continue with --resume')
+
+
+def path_inside(path, folder) -> bool:
+    """Whether ``path`` lies inside ``folder`` (symlinks resolved for local paths; a prefix test for URLs)."""
+    path, folder = str(path), str(folder)
+    if '://' in folder or '://' in path:
+        return path.startswith(folder.rstrip('/') + '/')
+    real, folder = osp.realpath(path), osp.realpath(folder)
+    return real != folder and osp.commonpath([real, folder]) == folder

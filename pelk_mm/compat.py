@@ -19,6 +19,9 @@ Applied on ``import pelk_mm`` (so every entry point that imports pelk_mm, includ
    differ.
 6. **Image errors name the file** -- mmcv's ``LoadImageFromFile`` re-raises decoder errors without the path (an
    empty or corrupt image in a million); they become one ``DataFileError`` naming it.
+7. **Checkpoint removals stay in the run's folder** -- ``CheckpointHook`` removes the previous best checkpoint by the
+   path restored from the resumed checkpoint's message hub, which names another work dir after ``--resume
+   A/epoch_2.pth --work-dir B`` or in a ``cp -r`` copy; the hook now removes only files inside its own folder.
 
 Applied by the project's launchers only (:func:`apply_launcher_patches`, called by ``tools/train.py`` /
 ``tools/test.py``), since only ``tools/dist_*.sh`` on CPU-only machines needs them:
@@ -42,7 +45,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint_file
+from .checkpoint import atomic_write, load_checkpoint_file, path_inside
 from .errors import DataFileError
 
 __all__ = ['apply', 'apply_launcher_patches', 'elastic_attempt_store', 'WRITTEN_FOR']
@@ -198,6 +201,79 @@ def _patch_atomic_writes() -> None:
     LocalBackend.put_text = put_text
 
 
+# --------------------------------------------------------------------------------------------------- 7. own files
+class _OwnFilesBackend:
+    """The file backend of a ``CheckpointHook`` that removes only files inside the hook's own checkpoint folder;
+    every other call goes to the wrapped backend."""
+
+    def __init__(self, backend, root: str, logger):
+        self._backend, self._root, self._logger = backend, str(root), logger
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def _allowed(self, path) -> bool:
+        if path_inside(path, self._root):
+            return True
+        self._logger.warning(f'[checkpoint] not removing {path}: it is outside this run\'s checkpoint folder '
+                             f'{self._root} (a file of another run, e.g. the work dir resumed from or copied)')
+        return False
+
+    def remove(self, path) -> None:
+        if self._allowed(path):
+            self._backend.remove(path)
+
+    def rmtree(self, path) -> None:
+        if self._allowed(path):
+            self._backend.rmtree(path)
+
+
+def _own_best_checkpoint(hook, runner, path: Optional[str], info_key: str) -> Optional[str]:
+    """A best checkpoint restored from the message hub that is outside the hook's folder: this folder's file of the
+    same name (a copied work dir) if there is one, else None (a run resumed from another work dir saves its own
+    best checkpoint when a validation beats the recorded best score)."""
+    if not path or path_inside(path, hook.out_dir):
+        return path
+    own = hook.file_backend.join_path(hook.out_dir, os.path.basename(str(path)))
+    found = hook.file_backend.isfile(own)
+    runner.message_hub.update_info(info_key, own if found else None)
+    runner.logger.warning(
+        f'[checkpoint] the best checkpoint recorded in the resumed checkpoint, {path}, is outside this run\'s '
+        f'checkpoint folder {hook.out_dir}: ' + (f'using this folder\'s {own} instead' if found else
+                                                 'it is left alone, and this run saves its own best checkpoint when '
+                                                 'a validation beats the recorded best score'))
+    return own if found else None
+
+
+def _patch_checkpoint_removals() -> None:
+    """mmengine's ``CheckpointHook.before_train`` restores ``best_ckpt`` from the message hub on resume, and
+    ``_save_best_checkpoint`` removes that path when a better one is saved: a run resumed from another work dir
+    (``--resume A/epoch_2.pth --work-dir B``) or in a ``cp -r`` copy of one deletes the other run's best checkpoint.
+    After the original ``before_train``, a restored best checkpoint outside the hook's folder (``out_dir``, the work
+    dir by default) is mapped to this folder's file of the same name, else forgotten, and the hook's file backend
+    removes only files inside that folder (also for the rotation of ``max_keep_ckpts`` and ResumeStateHook's)."""
+    from mmengine.hooks import CheckpointHook
+
+    version_matches('mmengine', 'checkpoint removals stay in the run\'s folder')  # attribute access is guarded
+    before_train = CheckpointHook.before_train
+
+    def before_train_own_files(self, runner) -> None:
+        before_train(self, runner)
+        backend = getattr(self, 'file_backend', None)
+        if backend is None or isinstance(backend, _OwnFilesBackend) or not getattr(self, 'out_dir', None):
+            return
+        if getattr(self, 'best_ckpt_path', None):
+            self.best_ckpt_path = _own_best_checkpoint(self, runner, self.best_ckpt_path, 'best_ckpt')
+        for key, path in list((getattr(self, 'best_ckpt_path_dict', None) or {}).items()):
+            self.best_ckpt_path_dict[key] = _own_best_checkpoint(self, runner, path, f'best_ckpt_{key}')
+        self.file_backend = _OwnFilesBackend(backend, self.out_dir, runner.logger)
+        if getattr(self, 'file_client', None) is backend:
+            self.file_client = self.file_backend
+
+    before_train_own_files.__doc__ = before_train.__doc__
+    CheckpointHook.before_train = before_train_own_files
+
+
 # --------------------------------------------------------------------------------------------------- 3. RoIAlign
 def _roi_align_misreads_channels_last() -> bool:
     """Whether mmcv's compiled RoIAlign kernel (called directly, past any patch) misreads a channels-last map."""
@@ -328,9 +404,10 @@ def _patch_cpu_launcher() -> None:
 
 
 def apply() -> None:
-    """The patches every entry point needs (1-3, 6); idempotent."""
+    """The patches every entry point needs (1-3, 6, 7); idempotent."""
     _once('checkpoint loading', _patch_checkpoint_loading)
     _once('atomic writes', _patch_atomic_writes)
+    _once('checkpoint removals', _patch_checkpoint_removals)
     _once('roi align', _patch_roi_align)
     _once('image loading', _patch_image_loading)
 

@@ -4,8 +4,14 @@ The suite runs under pytest-xdist (``pytest -n 2``, as ``.ci/run`` and the READM
 each test file stays on one worker, so module/session fixtures and tests that build on each other's outputs
 (e.g. the 2-process reference run in ``reliability/test_kill_resume.py``) keep working. With two workers on a
 2-core machine, each worker and the tools it launches get one OpenMP thread; more only oversubscribes the cores.
+
+Every test's mmengine Runners are independent of other tests': mmengine keeps its ``MessageHub``, ``MMLogger`` and
+``Visualizer`` instances by name for the whole process, and a Runner whose experiment name another test's Runner
+used (an explicit name, or the default timestamp of the same second) would pick up that test's message hub (its
+best score, its checkpoint ids). The instances a test creates are dropped when it ends.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -14,6 +20,30 @@ import torch.nn.functional as F
 if os.environ.get('PYTEST_XDIST_WORKER'):
     os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
     torch.set_num_threads(1)
+
+
+def _mmengine_instance_dicts():
+    """``{class: its instance dict}`` of mmengine's MessageHub, MMLogger and Visualizer (and subclasses)."""
+    if 'mmengine' not in sys.modules:
+        return {}
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.visualization import Visualizer
+    found, todo = {}, [MessageHub, MMLogger, Visualizer]
+    while todo:
+        cls = todo.pop()
+        found[cls] = cls._instance_dict
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.fixture(autouse=True)
+def independent_runners():
+    """Drop the mmengine instances (message hubs, loggers, visualizers) that the test created."""
+    before = {cls: set(d) for cls, d in _mmengine_instance_dicts().items()}
+    yield
+    for cls, instances in _mmengine_instance_dicts().items():
+        for name in [n for n in instances if n not in before.get(cls, ())]:
+            del instances[name]
 
 
 def _reference_eq3(x: torch.Tensor, dense: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -28,3 +28,11 @@ pelk_hooks = [
     dict(type='pelk_mm.BNStatsSyncHook'),                          # same BN statistics on every rank (val = test)
 ]
 custom_hooks = pelk_hooks  # segmentation and detection; the ImageNet configs add EMA and dynamic sparsity
+
+# Collective timeout (seconds) of the process group, the `env_cfg.dist_cfg.timeout` of the task configs: a rank that
+# waits longer than this for the others in a collective fails the run with an error instead of hanging for torch's
+# default 30 minutes (a rank that died without its process exiting, a deadlock). The longest wait of a healthy run
+# is the other ranks waiting for rank 0, which alone writes a checkpoint (about 1.5 GB with EMA and AdamW state for
+# PeLK-B, under a minute) and, in mmdet, computes the COCO box + mask metrics (a few minutes on a slow CPU): 15
+# minutes leaves room for both on a slow disk and a busy node. Raise it for a slower step on rank 0.
+dist_timeout = 900

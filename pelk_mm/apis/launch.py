@@ -106,6 +106,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help='resume with another number of processes than the checkpoint\'s run: the per-process '
                              'batch size is rescaled so the global batch, the schedule and the lr stay the same '
                              '(without it such a resume is refused)')
+    parser.add_argument('--resume-with-changes', action='store_true',
+                        help='resume although the config\'s model, optimizer, lr schedule or batch size differ from '
+                             'the checkpoint\'s recipe: the config\'s values apply (the lr schedule is re-applied at '
+                             'the resumed iteration); without it such a resume is refused, listing the changes')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale); needs CUDA, falls '
                              'back to fp32 with a warning without it')
@@ -465,7 +469,8 @@ def _prepare(cfg, args, mode: str):
         notes = resolve_amp(cfg, bool(args.amp))
     from .validate import validate_config  # config and checkpoint checks before the Runner is built
     notes += validate_config(cfg, mode, config_name=args.config,
-                             resume_other_world_size=bool(getattr(args, 'resume_other_world_size', False)))
+                             resume_other_world_size=bool(getattr(args, 'resume_other_world_size', False)),
+                             resume_with_changes=bool(getattr(args, 'resume_with_changes', False)))
     return codebase, info, notes
 
 
@@ -508,8 +513,10 @@ def check_load_from(runner, cfg) -> List[str]:
 
 
 def _remove_stale_writes(cfg) -> List[str]:
+    """Remove what interrupted checkpoint writes left in the work dir (rank 0, holding the work dir's lock)."""
+    from .validate import launcher_rank
     work_dir = cfg.get('work_dir', None)
-    if not work_dir or not osp.isdir(work_dir) or int(os.environ.get('RANK', '0')) != 0:
+    if not work_dir or not osp.isdir(work_dir) or launcher_rank(cfg.get('launcher', 'none')) != 0:
         return []
     from pelk_mm.checkpoint import remove_stale_writes
     removed = remove_stale_writes(work_dir)
@@ -518,17 +525,31 @@ def _remove_stale_writes(cfg) -> List[str]:
 
 
 def train(args):
-    """Build the Runner for the parsed train ``args`` and train. Returns the Runner."""
+    """Build the Runner for the parsed train ``args`` and train. Returns the Runner.
+
+    The launching process (rank 0) holds the work dir's lock from before the first check until training ends, so a
+    second run in the same work dir is refused instead of overwriting this one's checkpoints."""
+    from .validate import check_train_batches, check_work_dir, lock_work_dir
     cfg = load_config(args.config)
     get_codebase(cfg, args.config)
     cfg = merge_train_args(cfg, args)
-    codebase, info, notes = _prepare(cfg, args, 'train')
-    notes += _remove_stale_writes(cfg)
-    runner = build_runner(cfg, codebase)
-    notes += check_load_from(runner, cfg)
-    _log(runner, info, logging.INFO)
-    _log(runner, notes)
-    runner.train()
+    check_work_dir(cfg)  # a file or an unwritable folder: one line, before the lock creates anything there
+    lock, notes = lock_work_dir(cfg)
+    try:
+        codebase, info, more = _prepare(cfg, args, 'train')
+        notes += more + _remove_stale_writes(cfg)
+        runner = build_runner(cfg, codebase)
+        notes += check_load_from(runner, cfg)
+        check_train_batches(runner)
+        if cfg.get('resume', False) and getattr(args, 'resume_with_changes', False):
+            from pelk_mm.engine.hooks import ResumeChangesHook
+            runner.register_hook(ResumeChangesHook())
+        _log(runner, info, logging.INFO)
+        _log(runner, notes)
+        runner.train()
+    finally:
+        if lock is not None:
+            lock.release()
     return runner
 
 

@@ -32,8 +32,9 @@ from pelk_mm.errors import CheckpointLoadError, ConfigValidationError, UnsafeChe
 from .check_data import check_data_paths
 
 __all__ = ['ConfigValidationError', 'validate_config', 'backbone_out_channels', 'check_checkpoint_file',
-           'check_earlier_run', 'check_resume_exact', 'check_resume_world_size', 'check_work_dir',
-           'resolve_resume']
+           'check_earlier_run', 'check_resume_exact', 'check_resume_recipe', 'check_resume_world_size',
+           'check_train_batches', 'check_work_dir', 'launcher_rank', 'lock_work_dir', 'resolve_resume',
+           'WorkDirLock']
 
 _PELK_TYPES = ('pelk_mm.PeLK', 'PeLK')
 
@@ -112,6 +113,8 @@ def build_backbone_meta(backbone_cfg):
     import copy
     from mmengine.registry import MODELS
     import pelk_mm.models  # noqa: F401  (registers pelk_mm.PeLK)
+    from .backbone_keys import check_backbone_keys
+    check_backbone_keys(backbone_cfg)  # a misspelt key or name: one line with the closest valid one
     cfg = copy.deepcopy(dict(backbone_cfg))
     cfg['type'] = 'pelk_mm.PeLK'
     cfg.pop('init_cfg', None)
@@ -251,7 +254,9 @@ def resolve_resume(cfg) -> List[str]:
     Returns warnings. When ``last_checkpoint`` is missing, empty, or names a missing or damaged file, the newest
     intact ``epoch_*.pth``/``iter_*.pth`` in ``work_dir`` is used instead (``cfg.load_from`` is set to it), so an
     earlier run's checkpoints are continued, never rotated away by a fresh start. A work dir without any
-    checkpoint starts a new run (with a note); one whose checkpoints are all damaged is an error.
+    checkpoint starts a new run (with a note); one whose checkpoints are all damaged is an error. In a copy of a work
+    dir (``cp -r``), whose ``last_checkpoint`` names the original's file, the copy's own file of that name is
+    resumed, so the copy neither reads from nor writes to the original.
     """
     notes: List[str] = []
     if not cfg.get('resume', False):
@@ -277,6 +282,15 @@ def resolve_resume(cfg) -> List[str]:
     else:
         with open(marker) as f:
             target = f.read().strip()
+        from pelk_mm.checkpoint import path_inside
+        own = osp.join(work_dir, osp.basename(target)) if target and '://' not in target else ''
+        if own and not path_inside(target, work_dir) and osp.isfile(own) and _readable(own):
+            # NOTE: mmengine would resume the file named there, in the other folder, and carry that run's best
+            # checkpoint path along; this folder's file of the same name is what a copied work dir means
+            cfg.load_from = own
+            notes.append(f'--resume: {marker} names {target}, outside {work_dir} (a copied work dir?); resuming from '
+                         f'{own}, this work dir\'s file of that name, instead')
+            return notes
         if target and osp.isfile(target) and _readable(target):
             return notes
         why = ('is empty' if not target else f'names {target!r}, which does not exist' if not osp.isfile(target)
@@ -293,11 +307,122 @@ def resolve_resume(cfg) -> List[str]:
 
 
 def check_work_dir(cfg) -> None:
-    """``work_dir`` must be a folder (or not exist yet): a file there fails only when the first log is written."""
+    """``work_dir`` must be a folder (or not exist yet) that this process can write: a file there, or a folder on a
+    read-only disk or without write permission, fails only when the first log or checkpoint is written."""
     work_dir = cfg.get('work_dir', None)
-    if work_dir and osp.exists(work_dir) and not osp.isdir(work_dir):
+    if not work_dir or '://' in str(work_dir):
+        return
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
         _fail('work_dir', f'{work_dir!r} is a file, not a folder', 'give --work-dir a folder (it is created if '
               'missing), e.g. work_dirs/<config name>')
+    folder = osp.abspath(work_dir)
+    while not osp.exists(folder):  # the folder the run would create it in
+        folder = osp.dirname(folder)
+    if not osp.isdir(folder):
+        _fail('work_dir', f'{work_dir!r} cannot be created: {folder!r} is a file', 'give --work-dir a path under a '
+              'folder')
+    import tempfile
+    try:
+        # NOTE: a real write, not os.access: root passes os.access on a read-only mount or a folder of mode 0555
+        # only where the write itself succeeds
+        with tempfile.TemporaryFile(dir=folder, prefix='.pelk_mm-write-check-'):
+            pass
+    except OSError as err:
+        what = work_dir if folder == osp.abspath(work_dir) else f'{folder} (where {work_dir} would be created)'
+        _fail('work_dir', f'{what} cannot be written ({type(err).__name__}: {err.strerror or err})',
+              'give --work-dir a folder you can write (the run writes its logs and checkpoints there), or fix the '
+              'folder\'s permissions / mount it writable')
+
+
+#: the lock file of a work dir, held by the launching process (rank 0) for the run's life
+LOCK_NAME = '.pelk_mm.lock'
+
+
+class WorkDirLock:
+    """One run per work dir: a POSIX record lock (``fcntl.lockf``) on ``work_dir/.pelk_mm.lock``.
+
+    The kernel drops the lock when the process ends, however it ends (``kill -9`` included), so a killed run never
+    leaves it stuck. Record locks are not inherited by forked children (dataloader workers), so nothing but the
+    holder keeps it. The file holds the holder's pid, host and start time, for the message of a refused run.
+    """
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it could let a third run lock a file a second one has open)."""
+        import os
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the record lock
+            self.fd = None
+
+
+def launcher_rank(launcher: str = 'none', environ=None) -> int:
+    """This process's global rank before the process group exists (from the launcher's environment)."""
+    import os
+    environ = os.environ if environ is None else environ
+    name = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}.get(launcher, None)
+    return int(environ.get(name, '0') or 0) if name else 0
+
+
+def lock_work_dir(cfg) -> Tuple[Optional[WorkDirLock], List[str]]:
+    """Take the work dir's lock for this run (rank 0 only: the N processes of one distributed run share it).
+
+    Returns ``(lock, notes)``; ``lock`` is None on other ranks, for URLs, or where the file system has no locks
+    (with a note). A work dir locked by a running process is refused in one line naming it and the holder.
+    """
+    import errno
+    import fcntl
+    import os
+    import socket
+    import time
+    work_dir = cfg.get('work_dir', None)
+    if not work_dir or '://' in str(work_dir) or launcher_rank(cfg.get('launcher', 'none')) != 0:
+        return None, []
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, LOCK_NAME)
+    # NOTE: this process opens the lock file only here: closing any descriptor of a file drops the process's
+    # record locks on it
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = ''
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 512, 0).decode('utf-8', 'replace').strip()
+        os.close(fd)
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return None, [f'{work_dir}: the file system does not support locks ({err.strerror}), so a second run '
+                          f'started in this work dir would not be refused; start only one run per work dir']
+        if err.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        _fail('work_dir', f'{work_dir} is in use by another run ({holder or "holder unknown"}; lock file {path}): a '
+              f'second run there would overwrite its checkpoints and logs',
+              'wait until that run ends (or stop it), or start this one in another --work-dir')
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since '
+                  f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode(), 0)
+    return WorkDirLock(fd, path), []
+
+
+def _resume_target(cfg) -> Optional[str]:
+    """The local checkpoint that ``--resume`` continues (after :func:`resolve_resume`), or None."""
+    if not cfg.get('resume', False):
+        return None
+    path = cfg.get('load_from', None)
+    marker = osp.join(cfg.get('work_dir', None) or '', 'last_checkpoint')
+    if not path and cfg.get('work_dir', None) and osp.isfile(marker):
+        with open(marker) as f:
+            path = f.read().strip()  # what mmengine's auto-resume picks (resolve_resume checked it)
+    if not path or '://' in str(path) or not osp.isfile(path):
+        return None
+    return path
+
+
+def _world_size() -> int:
+    import os
+    return int(os.environ.get('WORLD_SIZE', os.environ.get('SLURM_NTASKS', '1')) or 1)
 
 
 def check_resume_world_size(cfg, world_size: Optional[int] = None, rescale: bool = False) -> List[str]:
@@ -306,18 +431,13 @@ def check_resume_world_size(cfg, world_size: Optional[int] = None, rescale: bool
     silently, so it is refused -- unless ``rescale`` (``--resume-other-world-size``): then the per-process batch
     size is scaled so that the global batch, the iterations per epoch, the schedule and the lr stay as they were.
     Returns the note saying so."""
-    import os
-    path = cfg.get('load_from', None)
-    marker = osp.join(cfg.get('work_dir', None) or '', 'last_checkpoint')
-    if not path and cfg.get('work_dir', None) and osp.isfile(marker):
-        with open(marker) as f:
-            path = f.read().strip()  # what mmengine's auto-resume picks (resolve_resume checked it)
-    if not cfg.get('resume', False) or not path or '://' in str(path) or not osp.isfile(path):
+    path = _resume_target(cfg)
+    if path is None:
         return []
     from pelk_mm.checkpoint import load_checkpoint_file
     state = load_checkpoint_file(path, map_location='cpu', mmap=True).get('resume_state', None) or {}
     saved = state.get('world_size', None)
-    world_size = world_size if world_size is not None else int(os.environ.get('WORLD_SIZE', '1'))
+    world_size = world_size if world_size is not None else _world_size()
     if saved is None or saved == world_size:
         return []
     if not rescale:
@@ -338,6 +458,99 @@ def check_resume_world_size(cfg, world_size: Optional[int] = None, rescale: bool
             f'{world_size}, so train_dataloader.batch_size is {total // world_size} per process: the global batch '
             f'({total}), iterations per epoch, schedule and lr stay the same (the random streams differ: not '
             f'bit-identical to an uninterrupted run)']
+
+
+def check_resume_recipe(cfg, allow_changes: bool = False, world_size: Optional[int] = None) -> List[str]:
+    """``--resume`` with a config whose recipe (model, optimizer, lr schedule, ``auto_scale_lr``, batch size)
+    differs from the one the checkpoint was trained with (``meta['cfg']``): mmengine would restore the checkpoint's
+    optimizer settings and schedule and silently ignore the config's. Refused in one line listing each changed key
+    ``old -> new``, unless ``allow_changes`` (``--resume-with-changes``): then the config's values apply
+    (:class:`pelk_mm.engine.ResumeChangesHook`) and the returned note lists them. Run it after
+    :func:`check_resume_world_size`, whose rescaled batch keeps the global batch (compared as such)."""
+    path = _resume_target(cfg)
+    if path is None:
+        return []
+    from pelk_mm.checkpoint import load_checkpoint_file
+    from pelk_mm.engine.hooks.resume_changes_hook import format_changes, read_config_text, recipe_changes
+    ckpt = load_checkpoint_file(path, map_location='cpu', mmap=True)
+    saved = read_config_text(str((ckpt.get('meta', None) or {}).get('cfg', '') or ''))
+    if not saved:
+        return []  # not written by an mmengine Runner: no recipe to compare with
+    try:
+        current = read_config_text(cfg.pretty_text)
+    except Exception:  # noqa: BLE001 - a config mmengine cannot print; the Runner reports it
+        return []
+    state = ckpt.get('resume_state', None) or {}
+    world_size = world_size if world_size is not None else _world_size()
+    changes = recipe_changes(saved, current or {}, state.get('world_size', None), world_size)
+    if not changes:
+        return []
+    listed = format_changes(changes)
+    if allow_changes:
+        return [f'--resume-with-changes: the config differs from the recipe of {path}, and the config\'s values '
+                f'apply: {listed} (the optimizer settings and the lr schedule are the config\'s, advanced to the '
+                f'resumed iteration; weights, optimizer moments and counters come from the checkpoint)']
+    _fail('resume', f'the config differs from the recipe {path} was trained with: {listed}; a resume would keep '
+          f'the checkpoint\'s optimizer settings and lr schedule (mmengine restores them) but take the batch size '
+          f'and model from the config',
+          f'resume with the checkpoint\'s values (drop these changes), add --resume-with-changes to continue from '
+          f'the checkpoint with the config\'s values (the lr schedule is re-applied at the resumed iteration), or '
+          f'start a new run from its weights with --cfg-options load_from={path} in another --work-dir')
+
+
+def check_train_batches(runner) -> None:
+    """Every process of an epoch-based run gets the same, non-zero number of batches per epoch.
+
+    A process with fewer batches leaves the epoch while the others wait for it in the gradient all-reduce, which
+    hangs until the collective timeout; with none anywhere an epoch trains nothing. Runs on every rank (the counts
+    are gathered), after the Runner is built and before training, so every rank raises the same one-line error.
+    """
+    from mmengine.dist import all_gather_object, is_distributed
+    from mmengine.runner.loops import EpochBasedTrainLoop
+    loop = runner._train_loop  # the train_cfg dict until runner.train() (or runner.train_loop) builds it
+    if not (isinstance(loop, EpochBasedTrainLoop) or isinstance(loop, dict) and _is_epoch_based(dict(train_cfg=loop))):
+        return
+    loader = runner.train_dataloader  # builds the train loop and its dataloader (runner.train() reuses them)
+    try:
+        count = len(loader)
+    except TypeError:
+        return  # an iterable dataset without a length
+    counts = all_gather_object(count) if is_distributed() else [count]
+    if min(counts) > 0 and len(set(counts)) == 1:
+        return
+    dataset = loader.dataset
+    batch_sampler = getattr(loader, 'batch_sampler', None)
+    sampler = getattr(batch_sampler, 'sampler', None) or getattr(loader, 'sampler', None)
+    batch = loader.batch_size if loader.batch_size is not None else getattr(batch_sampler, 'batch_size', None)
+    drop_last = loader.drop_last if loader.batch_size is not None else getattr(batch_sampler, 'drop_last', None)
+    round_up = getattr(sampler, 'round_up', None)
+    try:
+        size = len(dataset)
+    except TypeError:
+        size = None
+    ws = len(counts)
+    name = type(dataset).__name__
+    root = getattr(dataset, 'data_root', None) or getattr(dataset, 'ann_file', None)
+    what = (f'the train dataset {name}' + (f' ({root})' if root else '') + f' has {size} samples; with {ws} '
+            f'process(es) x batch_size={batch} (drop_last={drop_last}, {type(sampler).__name__}'
+            + (f' round_up={round_up}' if round_up is not None else '') + f') the processes get {counts} batches '
+            f'per epoch: ')
+    if max(counts) == 0:
+        what += 'an epoch would train nothing'
+    else:
+        what += ('a process with fewer batches leaves the epoch while the others wait for it in the gradient '
+                 'all-reduce, a hang until the collective timeout')
+    per_process = (size // ws) if size is not None else None
+    fixes = []
+    if round_up is False:
+        fixes.append('set train_dataloader.sampler.round_up=True (every process then gets the same number of '
+                     'samples)')
+    if drop_last and per_process is not None and batch:
+        fixes.append(f'use train_dataloader.batch_size <= {max(per_process, 1)} or drop_last=False')
+    if size is not None and size < ws:
+        fixes.append(f'use at most {max(size, 1)} process(es)')
+    fixes.append('or train on more data')
+    _fail('train_dataloader', what, ', '.join(fixes))
 
 
 def check_earlier_run(cfg) -> None:
@@ -466,7 +679,8 @@ def _check_evaluator_files(cfg, mode: str) -> None:
 
 # --------------------------------------------------------------------------------------------------- entry point
 def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data: bool = True,
-                    check_checkpoints: bool = True, resume_other_world_size: bool = False) -> List[str]:
+                    check_checkpoints: bool = True, resume_other_world_size: bool = False,
+                    resume_with_changes: bool = False) -> List[str]:
     """Validate ``cfg`` for ``mode`` ('train', 'val', 'test') before the Runner is built.
 
     Raises :class:`ConfigValidationError` / :class:`MissingDataError` (one line each); returns warnings (e.g. a
@@ -487,6 +701,7 @@ def validate_config(cfg, mode: str = 'train', config_name: str = '', check_data:
             check_resume_exact(cfg)
             notes += resolve_resume(cfg)
             notes += check_resume_world_size(cfg, rescale=resume_other_world_size)
+            notes += check_resume_recipe(cfg, allow_changes=resume_with_changes)
             if not cfg.get('resume', False) and cfg.get('load_from', None):
                 check_checkpoint_file(cfg['load_from'], 'load_from')
         elif cfg.get('load_from', None):

@@ -272,12 +272,37 @@ def test_checkpoints_get_the_umask_mode(tmp_path):
 
 
 def test_stale_temporary_files_are_removed(tmp_path):
-    stale = [tmp_path / '.epoch_3.pth.k2j4x9q1.tmp', tmp_path / '.last_checkpoint.a8Zk_0qp.tmp']
-    keep = [tmp_path / 'epoch_2.pth', tmp_path / 'notes.tmp', tmp_path / '.hidden']
+    """Only the atomic writer's own temporary files of checkpoints / last_checkpoint are removed; a user's files
+    named like temporary files (``*.tmp``, hidden, random suffix) are kept."""
+    stale = [tmp_path / '.epoch_3.pth.pelk_mm-4711-k2j4x9q1.tmp', tmp_path / '.last_checkpoint.pelk_mm-1-a8Zk_0qp.tmp',
+             tmp_path / '.best_accuracy_top1_epoch_2.pth.pelk_mm-99-zz_9yq01.tmp']
+    keep = [tmp_path / 'epoch_2.pth', tmp_path / 'notes.tmp', tmp_path / '.hidden', tmp_path / '.notes.k2j4x9q1.tmp',
+            tmp_path / '.results.pkl.a8Zk_0qp.tmp', tmp_path / '.my_data.csv.pelk_mm-12-abcdef12.tmp',
+            tmp_path / '.epoch_3.pth.pelk_mm-x-k2j4x9q1.tmp', tmp_path / '.epoch_3.pth.pelk_mm-12-k2j4x9q1.tmp.bak']
     for p in stale + keep:
         p.write_bytes(b'x')
+    (tmp_path / '.epoch_4.pth.pelk_mm-5-folder0.tmp').mkdir()  # not a file: kept
     assert sorted(remove_stale_writes(str(tmp_path))) == sorted(map(str, stale))
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+    assert (tmp_path / '.epoch_4.pth.pelk_mm-5-folder0.tmp').is_dir()
+
+
+def test_an_interrupted_write_leaves_an_unmistakable_name(tmp_path, monkeypatch):
+    """What a kill inside atomic_write leaves behind is named ``.<target>.pelk_mm-<pid>-<random>.tmp``, which
+    remove_stale_writes recognises (and nothing else)."""
+    leftover = {}
+
+    def killed(fd):
+        leftover['names'] = sorted(p.name for p in tmp_path.iterdir())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, 'fsync', killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(b'x' * 64, tmp_path / 'epoch_1.pth', 'wb')
+    (name, ) = leftover['names']
+    assert re.fullmatch(rf'\.epoch_1\.pth\.pelk_mm-{os.getpid()}-\w+\.tmp', name), name
+    (tmp_path / name).write_bytes(b'half a checkpoint')  # as if the kill had left it
+    assert remove_stale_writes(str(tmp_path)) == [str(tmp_path / name)]
 
 
 @pytest.mark.slow
@@ -285,12 +310,15 @@ def test_train_removes_stale_temporary_files_at_start(cls_run, rel):
     tmp, config, _ = cls_run
     work = tmp / 'stale'
     work.mkdir()
-    junk = work / '.epoch_1.pth.q8s7d6f5.tmp'
+    junk = work / f'.epoch_1.pth.pelk_mm-{os.getpid()}-q8s7d6f5.tmp'
     junk.write_bytes(b'\0' * 1024)
+    users = work / '.epoch_1.pth.q8s7d6f5.tmp'  # a user's file of the old, ambiguous form: not the project's
+    users.write_bytes(b'mine')
     r = rel.train(config, work, tmp, ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16',
                                       'val_dataloader.dataset.indices=12'])
     assert r.returncode == 0, r.stderr[-3000:]
     assert not junk.exists() and 'removed 1 temporary file(s) of an interrupted checkpoint save' in rel.log_text(work)
+    assert users.read_bytes() == b'mine'
 
 
 # --------------------------------------------------------------------------------------------------- save_best
