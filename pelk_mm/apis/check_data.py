@@ -1,22 +1,26 @@
-"""Fail fast, with one readable paragraph, when a config's dataset paths do not exist.
+"""Fail fast, with one readable paragraph, when a config's dataset paths do not exist or its annotations are broken.
 
 Without this check a missing dataset surfaces as a stack trace from deep inside a dataset class (``assert
 osp.isfile(self.ann_file)``, pycocotools ``FileNotFoundError``, an empty folder scan ...) after the model has been
 built. :func:`check_data_paths` walks the dataloaders a run will build, resolves ``data_root`` / ``ann_file`` /
 ``data_prefix`` exactly as mmengine's ``BaseDataset`` does (relative ``ann_file`` and prefixes are joined to
 ``data_root``), and raises :class:`MissingDataError` naming the config key, the missing path, the expected layout
-and how to get the data.
+and how to get the data. With the paths present it checks the annotations' content (ImageNet label lists, COCO
+files, segmentation masks; :mod:`pelk_mm.datasets.annotations` says what is read and at what cost), so that data
+mmdet / mmseg would train on silently wrong, or crash on mid-run, stops the run before anything is built.
 """
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from pelk_mm.errors import DataFileError, MissingDataError
 
 __all__ = ['MissingDataError', 'find_missing_data', 'check_data_paths', 'check_label_lists', 'check_coco_files',
-           'dataset_num_classes', 'DATALOADERS_FOR_MODE']
+           'check_seg_files', 'check_ann_file_kinds', 'dataset_classes', 'dataset_num_classes',
+           'DATALOADERS_FOR_MODE']
 
 #: dataloaders each mode builds (the Runner builds val only when validation is on)
 DATALOADERS_FOR_MODE = {
@@ -153,27 +157,8 @@ def dataset_num_classes(dataset_cfg, scope: Optional[str] = None) -> Optional[in
     """Number of classes a dataset config yields: its ``classes`` / ``metainfo.classes`` override (a list, or a file
     of names as mmpretrain reads it), else the ``METAINFO`` of its class in ``scope``'s registry; None when it cannot
     be told without reading the data. Wrappers (``RepeatDataset`` ...) are looked through."""
-    if not hasattr(dataset_cfg, 'get'):
-        return None
-    if hasattr(dataset_cfg.get('dataset', None), 'get') and 'classes' not in dataset_cfg:
-        return dataset_num_classes(dataset_cfg['dataset'], scope)
-    classes = (dataset_cfg.get('metainfo', None) or {}).get('classes', None) or dataset_cfg.get('classes', None)
-    if isinstance(classes, (list, tuple)):
-        return len(classes)
-    if isinstance(classes, str):
-        if not osp.isfile(classes):
-            return None
-        with open(classes) as f:
-            return sum(1 for line in f if line.strip())
-    if scope is None:
-        return None
-    import importlib
-    try:
-        cls = importlib.import_module(f'{scope}.registry').DATASETS.get(str(dataset_cfg.get('type', '')))
-    except Exception:  # noqa: BLE001 - an unknown dataset type is reported when it is built
-        return None
-    meta = getattr(cls, 'METAINFO', None) or {}
-    return len(meta['classes']) if meta.get('classes') else None
+    classes = dataset_classes(dataset_cfg, scope)
+    return len(classes) if classes else None
 
 
 def check_label_lists(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None) -> None:
@@ -221,11 +206,8 @@ def check_label_lists(cfg, mode: str = 'train', dataloaders: Optional[Sequence[s
                 raise DataFileError(f'{key}.ann_file {path!r} lists no images. Fix: {fix}')
 
 
-#: COCO annotation files up to this size are checked before the run (val2017's is 25 MB, train2017's 448 MB,
-#: whose parse would double the start-up time: it is left to the dataset)
-COCO_CHECK_MAX_BYTES = 64 * 2**20
 _COCO_IMAGE_KEYS = ('id', 'file_name', 'height', 'width')
-_COCO_ANN_KEYS = ('image_id', 'category_id', 'bbox')
+_COCO_ANN_KEYS = ('id', 'image_id', 'category_id', 'bbox', 'area')
 
 
 def _coco_problem(data) -> Optional[str]:
@@ -249,12 +231,74 @@ def _coco_problem(data) -> Optional[str]:
     return None
 
 
+def dataset_classes(dataset_cfg, scope: Optional[str] = None) -> Optional[List[str]]:
+    """The class names a dataset config yields (see :func:`dataset_num_classes`), or None when they cannot be
+    told without reading the data."""
+    if not hasattr(dataset_cfg, 'get'):
+        return None
+    if hasattr(dataset_cfg.get('dataset', None), 'get') and 'classes' not in dataset_cfg:
+        return dataset_classes(dataset_cfg['dataset'], scope)
+    classes = (dataset_cfg.get('metainfo', None) or {}).get('classes', None) or dataset_cfg.get('classes', None)
+    if isinstance(classes, (list, tuple)):
+        return [str(c) for c in classes]
+    if isinstance(classes, str):
+        if not osp.isfile(classes):
+            return None
+        with open(classes) as f:
+            return [line.strip() for line in f if line.strip()]
+    meta = getattr(_dataset_class(dataset_cfg, scope), 'METAINFO', None) or {}
+    return [str(c) for c in meta['classes']] if meta.get('classes') else None
+
+
+def _dataset_class(dataset_cfg, scope: Optional[str]):
+    """The registered class of a dataset config in ``scope``'s registry, or None."""
+    if scope is None:
+        return None
+    t = dataset_cfg.get('type', '')
+    if not isinstance(t, str):
+        return t
+    import importlib
+    try:
+        return importlib.import_module(f'{scope}.registry').DATASETS.get(t)
+    except Exception:  # noqa: BLE001 - an unknown dataset type is reported when it is built
+        return None
+
+
+def _pipeline_has(dataset_cfg, transform: str) -> bool:
+    return any(hasattr(t, 'get') and str(t.get('type', '')).split('.')[-1] == transform
+               for t in dataset_cfg.get('pipeline', None) or [])
+
+
+#: results of the content checks in this process: the launcher checks the data twice (before and after the
+#: codebase is imported), the files are read once
+_CHECKED: Dict[tuple, Tuple[List[str], List[str]]] = {}
+
+
+def _report(key: tuple, compute) -> None:
+    """Run ``compute() -> (refusals, warnings)`` once per ``key``; log the warnings, raise the refusals."""
+    if key not in _CHECKED:
+        _CHECKED[key] = compute()
+        from mmengine.logging import print_log
+        for line in _CHECKED[key][1]:
+            print_log(f'data check: {line}', logger='current', level=logging.WARNING)
+    refusals = _CHECKED[key][0]
+    if refusals:
+        err = DataFileError('\n'.join(refusals))
+        err.lines = list(refusals)  # one `error:` line per kind of problem (pelk_mm.apis.cli)
+        raise err
+
+
 def check_coco_files(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None) -> None:
-    """COCO-format annotation files (``CocoDataset`` ``ann_file``) that miss ``images`` / ``annotations`` /
-    ``categories`` or an entry's required key raise :class:`pelk_mm.errors.DataFileError` naming the file and the
-    entry (pycocotools and mmdet fail on these with a bare ``KeyError``)."""
+    """COCO-format annotation files (``CocoDataset`` ``ann_file``): a file that misses ``images`` /
+    ``annotations`` / ``categories`` or an entry's required key raises :class:`pelk_mm.errors.DataFileError`
+    naming the file and the entry (pycocotools and mmdet fail on these with a bare ``KeyError``); then its content
+    is checked by :func:`pelk_mm.datasets.annotations.coco_findings` (duplicated ids, unknown categories, negative
+    boxes, class names, image sizes of a bounded sample): one line per kind of problem, with a count and the first
+    entry; boxes mmdet drops as degenerate are a logged warning."""
     import json
 
+    from pelk_mm.datasets.annotations import IMAGE_SAMPLE, coco_findings, sample_bound
+    scope = cfg.get('default_scope', None)
     for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
         loader = cfg.get(loader_key, None)
         if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
@@ -263,30 +307,155 @@ def check_coco_files(cfg, mode: str = 'train', dataloaders: Optional[Sequence[st
             ann = ds.get('ann_file', '') or ''
             if 'Coco' not in _type_name(ds) or not isinstance(ann, str) or not ann:
                 continue
-            path = _join(ds.get('data_root', '') or '', ann)
-            if _is_remote(path, ds.get('backend_args', None)) or not osp.isfile(path) \
-                    or osp.getsize(path) > COCO_CHECK_MAX_BYTES:
+            root = ds.get('data_root', '') or ''
+            path = _join(root, ann)
+            if _is_remote(path, ds.get('backend_args', None)) or not osp.isfile(path):
                 continue
-            fix = ('use the COCO instances format (images with id/file_name/height/width, annotations with '
-                   'image_id/category_id/bbox [x, y, w, h], categories with id/name)')
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-            except ValueError as err:
-                raise DataFileError(f'{key}.ann_file {path!r} is not valid JSON ({err}). Fix: {fix}') from None
-            problem = _coco_problem(data)
-            if problem:
-                raise DataFileError(f'{key}.ann_file {path!r}: {problem}. Fix: {fix}')
+            prefix = ds.get('data_prefix', None)
+            # NOTE: mmdet joins data_prefix['img'] and file_name; without that key no image folder is configured
+            img = prefix.get('img', None) if hasattr(prefix, 'get') else None
+            img_dir = _join(root, img) if isinstance(img, str) else None
+            image_dir = None if img_dir is None or _is_remote(img_dir, ds.get('backend_args', None)) else img_dir
+            classes = dataset_classes(ds, scope)
+            sample = sample_bound(IMAGE_SAMPLE)
+            stat = os.stat(path)
+
+            def compute(path=path, key=key, image_dir=image_dir, classes=classes, sample=sample):
+                fix = ('use the COCO instances format (images with id/file_name/height/width, annotations with '
+                       'id/image_id/category_id/bbox [x, y, w, h], categories with id/name)')
+                try:
+                    with open(path) as f:
+                        data = json.load(f)
+                except ValueError as err:
+                    return [f'{key}.ann_file {path!r} is not valid JSON ({err}). Fix: {fix}'], []
+                problem = _coco_problem(data)
+                if problem:
+                    return [f'{key}.ann_file {path!r}: {problem}. Fix: {fix}'], []
+                found, covered = coco_findings(data, f'{key}.ann_file {path!r}', image_dir,
+                                               classes if data['categories'] else None, sample)
+                refusals = found.lines(refuse=True)
+                if refusals and covered:
+                    refusals[-1] += f' (checked every entry; {covered})'
+                return refusals, found.lines(refuse=False)
+
+            _report(('coco', path, stat.st_mtime_ns, stat.st_size, key, image_dir, tuple(classes or ()), sample),
+                    compute)
+
+
+def check_seg_files(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None) -> None:
+    """mmseg datasets (``data_prefix`` with ``img_path`` and ``seg_map_path``, e.g. ``ADE20KDataset``): images
+    without a mask, masks of another size than their image, masks that are not single-channel or hold labels
+    beyond the classes raise :class:`pelk_mm.errors.DataFileError`, one line per kind of problem with a count and
+    the first file (:func:`pelk_mm.datasets.annotations.seg_findings` says what is sampled). Masks are checked
+    only where the pipeline loads them (``LoadAnnotations``)."""
+    import inspect
+
+    from pelk_mm.datasets.annotations import (IMAGE_SAMPLE, MASK_SAMPLE, list_seg_pairs, sample_bound,
+                                              seg_findings)
+    scope = cfg.get('default_scope', None) or 'mmseg'
+    for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
+        loader = cfg.get(loader_key, None)
+        if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
+            continue
+        for key, ds in _walk_datasets(loader['dataset'], f'{loader_key}.dataset'):
+            prefix = ds.get('data_prefix', None)
+            if not hasattr(prefix, 'get') or 'seg_map_path' not in prefix or 'img_path' not in prefix:
+                continue
+            backend_args = ds.get('backend_args', None)
+            root = ds.get('data_root', '') or ''
+            img_dir, ann_dir = _join(root, prefix['img_path'] or ''), _join(root, prefix['seg_map_path'] or '')
+            if _is_remote(img_dir, backend_args) or not osp.isdir(img_dir) or not osp.isdir(ann_dir):
+                continue
+            cls = _dataset_class(ds, scope)
+            defaults = {}
+            for klass in reversed(getattr(cls, '__mro__', ())):
+                init = klass.__dict__.get('__init__', None)
+                if init is not None:
+                    defaults.update({n: p.default for n, p in inspect.signature(init).parameters.items()
+                                     if p.default is not inspect.Parameter.empty})
+            setting = {name: ds.get(name, defaults.get(name, default)) for name, default in (
+                ('img_suffix', '.jpg'), ('seg_map_suffix', '.png'), ('reduce_zero_label', False),
+                ('ignore_index', 255))}
+            meta = getattr(cls, 'METAINFO', None) or {}
+            # NOTE: mask values index the class's own classes (a config subset is mapped by mmseg's label_map)
+            raw_classes = len(meta['classes']) if meta.get('classes') else len(dataset_classes(ds, scope) or [])
+            ann = ds.get('ann_file', '') or ''
+            split = _join(root, ann) if isinstance(ann, str) and ann else ''
+            names = None
+            if split and osp.isfile(split):
+                with open(split) as f:
+                    names = [line.strip() for line in f if line.strip()]
+            bounds = (sample_bound(IMAGE_SAMPLE), sample_bound(MASK_SAMPLE))
+            check_masks = _pipeline_has(ds, 'LoadAnnotations')
+
+            def compute(key=key, img_dir=img_dir, ann_dir=ann_dir, setting=setting, names=names,
+                        raw_classes=raw_classes, check_masks=check_masks, bounds=bounds):
+                pairs = list_seg_pairs(img_dir, ann_dir, setting['img_suffix'], setting['seg_map_suffix'], names)
+                found, scope_notes, covered = seg_findings(
+                    pairs, f'{key} ({img_dir})', raw_classes or None, bool(setting['reduce_zero_label']),
+                    int(setting['ignore_index']), check_masks, *bounds)
+                refusals = found.lines(refuse=True, scope=scope_notes)
+                if refusals and covered:
+                    refusals[-1] += f' ({covered}; the rest is checked as each sample loads)'
+                return refusals, found.lines(refuse=False)
+
+            _report(('seg', key, img_dir, ann_dir, tuple(sorted(setting.items())), raw_classes, check_masks,
+                     tuple(names or ()), bounds), compute)
+
+
+def check_ann_file_kinds(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None) -> None:
+    """An ``ann_file`` that is a folder (mmdet and mmpretrain read it as a file: ``IsADirectoryError``) raises
+    :class:`pelk_mm.errors.DataFileError` naming the key and the annotation files inside. mmseg datasets are
+    exempt: they read a folder there as "no split file"."""
+    for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
+        loader = cfg.get(loader_key, None)
+        if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
+            continue
+        for key, ds in _walk_datasets(loader['dataset'], f'{loader_key}.dataset'):
+            ann = ds.get('ann_file', '') or ''
+            prefix = ds.get('data_prefix', None)
+            if not isinstance(ann, str) or not ann or (hasattr(prefix, 'get') and 'seg_map_path' in prefix):
+                continue
+            path = _join(ds.get('data_root', '') or '', ann)
+            if _is_remote(path, ds.get('backend_args', None)) or not osp.isdir(path):
+                continue
+            inside = sorted(f for f in os.listdir(path) if f.endswith(('.json', '.txt', '.pkl')))
+            hint = (f' (it holds {", ".join(inside[:3])}{" ..." if len(inside) > 3 else ""})' if inside else '')
+            role = loader_key.split('_')[0]  # train / val / test: the likely file of this loader
+            likely = ([f for f in inside if role in f] or inside or ['instances_train2017.json'])[0]
+            raise DataFileError(f'{key}.ann_file {path!r} is a folder, not an annotation file{hint}. Fix: point it '
+                                f'at the file, e.g. --cfg-options {key}.ann_file={osp.join(ann, likely)}')
+
+
+def _install_guards(cfg, mode: str, dataloaders: Optional[Sequence[str]]) -> None:
+    """The per-sample checks (:mod:`pelk_mm.datasets.guards`) for the codebases whose datasets the run builds."""
+    from pelk_mm.datasets.guards import install_data_guards
+    for loader_key in dataloaders or DATALOADERS_FOR_MODE[mode]:
+        loader = cfg.get(loader_key, None)
+        if not hasattr(loader, 'get') or loader.get('dataset', None) is None:
+            continue
+        for _, ds in _walk_datasets(loader['dataset'], loader_key):
+            prefix = ds.get('data_prefix', None)
+            if hasattr(prefix, 'get') and 'seg_map_path' in prefix:
+                install_data_guards('mmseg')
+            elif 'Coco' in _type_name(ds) or cfg.get('default_scope', None) == 'mmdet':
+                install_data_guards('mmdet')
 
 
 def check_data_paths(cfg, mode: str = 'train', dataloaders: Optional[Sequence[str]] = None,
                      config_name: str = '') -> None:
     """Raise :class:`MissingDataError` (one paragraph) if a dataset path the run needs is missing, and
-    :class:`pelk_mm.errors.DataFileError` for a malformed annotation list (:func:`check_label_lists`)."""
+    :class:`pelk_mm.errors.DataFileError` for an ``ann_file`` that is a folder, a malformed annotation list
+    (:func:`check_label_lists`) or COCO file (:func:`check_coco_files`) and broken segmentation masks
+    (:func:`check_seg_files`), one line per kind of problem. Then the per-sample checks of the mmseg / mmdet
+    pipelines are installed (:mod:`pelk_mm.datasets.guards`), for what the bounded checks here did not read."""
     missing = find_missing_data(cfg, mode, dataloaders)
     if not missing:
+        check_ann_file_kinds(cfg, mode, dataloaders)
         check_label_lists(cfg, mode, dataloaders)
         check_coco_files(cfg, mode, dataloaders)
+        check_seg_files(cfg, mode, dataloaders)
+        _install_guards(cfg, mode, dataloaders)
         return
     key, path, ds = missing[0]
     more = [f'`{k}` ({p})' for k, p, _ in missing[1:]]
