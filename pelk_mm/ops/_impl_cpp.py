@@ -11,6 +11,7 @@ The op is a ``torch.library`` custom op (``pelk_mm::periconv_cpu``) with its own
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -69,6 +70,25 @@ def unavailable_reason() -> Optional[str]:
     return _state['reason']
 
 
+class _DropCudaHomeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith('No CUDA runtime is found')
+
+
+@contextlib.contextmanager
+def _without_cuda_home_notice():
+    """Importing ``torch.utils.cpp_extension`` on a machine with a CUDA toolkit but no GPU logs "No CUDA runtime is
+    found, using CUDA_HOME=..."; this extension is CPU-only, so the notice is nothing for the user to act on."""
+    # NOTE: only that record is dropped, and only during the import: every other warning of the module still shows.
+    cpp_logger = logging.getLogger('torch.utils.cpp_extension')
+    notice = _DropCudaHomeNotice()
+    cpp_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        cpp_logger.removeFilter(notice)
+
+
 def _build():
     if os.environ.get('PELK_MM_NO_CPP_EXT', '0') not in ('', '0'):
         return None, 'disabled by PELK_MM_NO_CPP_EXT'
@@ -76,7 +96,8 @@ def _build():
     if shutil.which(cxx) is None:
         return None, f'no C++ compiler {cxx!r} on PATH'
     try:
-        from torch.utils.cpp_extension import load
+        with _without_cuda_home_notice():
+            from torch.utils.cpp_extension import load
         os.makedirs(build_dir(), exist_ok=True)
         module = load(name=_NAME, sources=[_SOURCE], build_directory=build_dir(),
                       extra_cflags=['-O3', '-march=native', '-fopenmp', '-ffp-contract=fast'],
@@ -144,9 +165,22 @@ def _backward(ctx, gy):
 periconv_cpu.register_autograd(_backward, setup_context=save_cells_context)
 
 
+def available() -> bool:
+    """Whether the extension is (or can be) built; builds it on the first call."""
+    return extension() is not None
+
+
+# NOTE: a constant to torch.compile: dynamo calls it once at trace time instead of tracing the build and its lock
+# (an unsupported context manager: a graph break, an error under fullgraph=True, in a process where the op has not
+# run eagerly yet); the answer never changes within a process. This is the mark that
+# torch.compiler.assume_constant_result sets, set here without importing torch._dynamo (1.4 s, and triton, whose
+# interpreter mode must be chosen before its first import) with pelk_mm.ops.
+available._dynamo_marked_constant = True
+
+
 def supports(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> bool:
     """CPU tensors of a floating dtype, when the extension is (or can be) built."""
-    return x.device.type == 'cpu' and x.is_floating_point() and extension() is not None
+    return x.device.type == 'cpu' and x.is_floating_point() and available()
 
 
 def cpp_peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:

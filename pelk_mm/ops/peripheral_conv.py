@@ -13,7 +13,7 @@ name          method                                                            
 ``box``       the same structure as three PyTorch matmuls (banded 0/1 matrices)                       any
 ``fft``       ``rfft2`` on 2/3/5-smooth sizes, kernel spectrum shared across the batch                 any
 ``dense_cl``  dense kernel cropped to the map, channels_last ``F.conv2d``                             any
-``cumsum``    prefix sums + slices + ``k' x k'`` matmul: standard ONNX ops only (export; never ``auto``)   any
+``cumsum``    prefix sums + slices + ``k' x k'`` 1x1 conv: standard ops only (export form; never ``auto``)  any
 ``dense``     reference: full dense kernel, ``F.conv2d`` (what the paper does)                        any
 ============  =====================================================================================  ==========
 
@@ -37,9 +37,27 @@ Which one runs (policy):
 Under autocast the input is cast to the autocast dtype first (as ``F.conv2d`` would be) and the implementation runs
 with autocast off; half types are accumulated in float32 (``cpp`` and ``fft`` compute them in float32).
 New implementations register with :func:`register_impl`.
+
+Export and tracing. While the op is traced for a graph that must hold standard operators only -- ONNX export with
+either exporter (:func:`torch.onnx.is_in_onnx_export`), ``torch.export`` (:func:`torch.compiler.is_exporting`) and
+jit tracing (:func:`torch.jit.is_tracing`: ``torch.jit.trace``, the jit FLOP counters of mmengine / fvcore) -- it
+lowers itself to an *export form* instead of a custom kernel, so ``torch.onnx.export`` of any model holding the op
+needs no extra step:
+
+* ``'structured'`` (default): ``cumsum``, prefix sums + slices + the ``k' x k'`` contraction as a grouped
+  ``1 x 1`` conv, ``O(K + k'^2)`` per pixel, the block weights stay ``k' x k'`` in the graph;
+* ``'dense'``: ``dense_cl``, the dense kernel cropped to the map and one grouped ``K x K`` conv (for runtimes that
+  only optimise convolutions).
+
+The form comes from :func:`export_conv_form` (a context manager), else ``$PELK_MM_EXPORT_CONV_FORM``, else
+``'structured'``. An implementation named explicitly (argument or ``$PELK_MM_CONV_IMPL``) that is itself made of
+standard operators (``dense``, ``dense_cl``, ``cumsum``, ``box``: ``exportable`` in :func:`register_impl`) is kept;
+``'auto'`` and the kernels (``cpp``, ``triton``, ``fft``) give the export form. ``torch.compile`` is not export: it
+keeps the runtime policy (the kernels are opaque custom ops there).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +67,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +79,10 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = 'PELK_MM_CONV_IMPL'
 AUTOTUNE_ENV_VAR = 'PELK_MM_CONV_AUTOTUNE'
+EXPORT_FORM_ENV_VAR = 'PELK_MM_EXPORT_CONV_FORM'
+
+#: export forms of the peripheral conv (see the module docstring) -> the implementation that writes it
+EXPORT_FORMS = {'structured': 'cumsum', 'dense': 'dense_cl'}
 
 ConvFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
 Predicate = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], bool]
@@ -73,6 +95,7 @@ class ConvImpl:
     supports: Predicate  # can run this input at all (explicit choice)
     priority: int  # higher runs first under 'auto'
     auto: Predicate  # may be picked by 'auto' / autotuning for this input
+    exportable: bool = False  # made of standard operators: kept under export / tracing when named explicitly
 
 
 _IMPLS: Dict[str, ConvImpl] = {}
@@ -80,6 +103,7 @@ _AUTOTUNE: Dict[tuple, str] = {}
 _PERSISTED: Dict[str, Dict[str, str]] = {}  # cache file -> {key text: name}
 _RANK_CHOICES: Dict[tuple, str] = {}  # in a process group: rank key -> rank 0's choice
 _autotune_flag: Optional[bool] = None  # None: follow $PELK_MM_CONV_AUTOTUNE
+_export_form: Optional[str] = None  # None: follow $PELK_MM_EXPORT_CONV_FORM
 
 
 def _always(x, w, g) -> bool:
@@ -87,22 +111,74 @@ def _always(x, w, g) -> bool:
 
 
 def register_impl(name: str, fn: ConvFn, supports: Optional[Predicate] = None, priority: int = 0,
-                  auto: Optional[Predicate] = None) -> None:
+                  auto: Optional[Predicate] = None, exportable: bool = False) -> None:
     """Register ``fn(x, weight, grid) -> y`` under ``name``.
 
     Args:
         supports: ``(x, weight, grid) -> bool``, whether ``fn`` can run the input (default: always).
         priority: order under ``'auto'`` (highest first).
         auto: ``(x, weight, grid) -> bool``, whether ``'auto'`` may pick it (default: same as ``supports``).
+        exportable: ``fn`` is made of standard PyTorch operators that trace to standard ONNX / ATen, so an explicit
+            choice of it is kept under export and tracing (default: replaced by the export form there).
     """
     supports = supports or _always
-    _IMPLS[name] = ConvImpl(name, fn, supports, priority, auto or supports)
+    _IMPLS[name] = ConvImpl(name, fn, supports, priority, auto or supports, exportable)
     _AUTOTUNE.clear()
 
 
 def available_impls() -> List[str]:
     """Registered implementation names, highest ``auto`` priority first."""
     return [i.name for i in sorted(_IMPLS.values(), key=lambda i: -i.priority)]
+
+
+# ----------------------------------------------------------------------------------------------- export
+def _check_form(form: str, source: str) -> str:
+    if form not in EXPORT_FORMS:
+        raise ValueError(f'{source}={form!r} is not an export form of the peripheral conv: use one of '
+                         f'{sorted(EXPORT_FORMS)}')
+    return form
+
+
+def get_export_conv_form() -> str:
+    """The form the op lowers to under export and tracing: the innermost :func:`export_conv_form`, else
+    ``$PELK_MM_EXPORT_CONV_FORM``, else ``'structured'``."""
+    if _export_form is not None:
+        return _export_form
+    env = os.environ.get(EXPORT_FORM_ENV_VAR, '').strip().lower()
+    return _check_form(env, f'${EXPORT_FORM_ENV_VAR}') if env else 'structured'
+
+
+@contextlib.contextmanager
+def export_conv_form(form: str) -> Iterator[str]:
+    """Within the block, export and tracing write the peripheral conv in ``form`` (``'structured'`` or
+    ``'dense'``, :data:`EXPORT_FORMS`); the previous setting is restored on exit. Process-wide (not per thread)::
+
+        with pelk_mm.ops.export_conv_form('dense'):
+            torch.onnx.export(model, (x, ), 'model.onnx')
+    """
+    global _export_form
+    _check_form(form, 'export_conv_form')
+    saved, _export_form = _export_form, form
+    try:
+        yield form
+    finally:
+        _export_form = saved
+
+
+def is_export_trace() -> bool:
+    """Whether the op is being traced for a standard-operator graph: ONNX export (either exporter),
+    ``torch.export`` or jit tracing. ``torch.compile`` alone is not such a trace."""
+    # NOTE: the TorchScript exporter traces with the jit and the dynamo exporter captures with torch.export, so the
+    # first two checks cover both; the ONNX flag (the documented signal, but 3 us a call: it imports inside) comes
+    # last, for a capture path that sets neither. torch.compile sets none of the three.
+    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
+def _export_choice(impl: str) -> ConvImpl:
+    """Under an export trace: the explicitly named implementation when it is exportable, else the export form."""
+    if impl != 'auto' and _IMPLS[impl].exportable:
+        return _IMPLS[impl]
+    return _IMPLS[EXPORT_FORMS[get_export_conv_form()]]
 
 
 # ----------------------------------------------------------------------------------------------- autotune
@@ -308,13 +384,16 @@ def _static_choice(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]) -
 
 
 def resolve_impl(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int], impl: str = 'auto') -> ConvImpl:
-    """The implementation that :func:`peripheral_conv2d` would run for these inputs (see the module policy)."""
+    """The implementation that :func:`peripheral_conv2d` would run for these inputs (see the module policy and,
+    under export and tracing, the export form)."""
     if impl in (None, 'auto'):
         impl = os.environ.get(ENV_VAR, 'auto') or 'auto'
+    if impl != 'auto' and impl not in _IMPLS:
+        raise ValueError(f'unknown peripheral conv implementation {impl!r} (from the conv_impl argument or '
+                         f'${ENV_VAR}); available: {available_impls()} or "auto"')
+    if is_export_trace():
+        return _export_choice(impl)
     if impl != 'auto':
-        if impl not in _IMPLS:
-            raise ValueError(f'unknown peripheral conv implementation {impl!r} (from the conv_impl argument or '
-                             f'${ENV_VAR}); available: {available_impls()} or "auto"')
         chosen = _IMPLS[impl]
         if not chosen.supports(x, weight, grid):
             raise ValueError(f'peripheral conv implementation {impl!r} does not support input '
@@ -369,11 +448,12 @@ def _floating(x, w, g) -> bool:
     return x.is_floating_point()
 
 
-register_impl('dense', dense_peripheral_conv2d, priority=0)
-register_impl('cumsum', _impl_onnx.cumsum_peripheral_conv2d, _floating, priority=5, auto=lambda x, w, g: False)
-register_impl('dense_cl', _impl_torch.dense_cl_peripheral_conv2d, _floating, priority=10)
+register_impl('dense', dense_peripheral_conv2d, priority=0, exportable=True)
+register_impl('cumsum', _impl_onnx.cumsum_peripheral_conv2d, _floating, priority=5, auto=lambda x, w, g: False,
+              exportable=True)
+register_impl('dense_cl', _impl_torch.dense_cl_peripheral_conv2d, _floating, priority=10, exportable=True)
 register_impl('fft', _impl_torch.fft_peripheral_conv2d, _floating, priority=20)
-register_impl('box', _impl_torch.box_peripheral_conv2d, _floating, priority=30)
+register_impl('box', _impl_torch.box_peripheral_conv2d, _floating, priority=30, exportable=True)
 register_impl('triton', _impl_triton.triton_peripheral_conv2d, _impl_triton.supports, priority=40,
               auto=lambda x, w, g: _is_cuda(x, w, g) and _impl_triton.supports(x, w, g))
 register_impl('cpp', _impl_cpp.cpp_peripheral_conv2d, _impl_cpp.supports, priority=50,

@@ -40,7 +40,6 @@ def border_band(size: int, kernel_size: int, device=None, dtype=None) -> torch.T
     return ((pos >= 0) & (pos < size)).to(dtype or torch.float32)
 
 
-@functools.lru_cache(maxsize=512)
 def kpe_term_plan(grid: Tuple[int, ...], height: int, width: int, device: torch.device,
                   dtype: torch.dtype) -> Tuple[torch.Tensor, Tuple[int, int, int, int], torch.Tensor, torch.Tensor]:
     """Weight-independent constants of :func:`blocked_kpe_input_term` for one grid and map size.
@@ -50,13 +49,22 @@ def kpe_term_plan(grid: Tuple[int, ...], height: int, width: int, device: torch.
         ``(C, k' * k')`` into the dense kernel cropped to the map ``(C, Kh * Kw)``; ``[r0:r1, c0:c1]`` is that
         crop of a ``(K, K)`` embedding; ``a_h`` ``(H, Kh)`` and ``a_w_t`` ``(Kw, W)`` are the border bands.
     """
+    if torch.compiler.is_compiling():
+        # NOTE: under torch.compile / torch.export the plan is built in the traced code and becomes constants of
+        # the graph, once per compilation; through the cache, dynamo would warn that it ignores the cache wrapper.
+        return _kpe_term_plan(grid, height, width, device, dtype)
+    return _cached_kpe_term_plan(grid, height, width, device, dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_kpe_term_plan(grid, height, width, device, dtype):
+    # NOTE: built with inference mode off: a plan first made under torch.inference_mode (validation, benchmarks)
+    # is reused by training steps, and inference tensors cannot be saved for backward.
     with torch.inference_mode(False):
         return _kpe_term_plan(grid, height, width, device, dtype)
 
 
 def _kpe_term_plan(grid, height, width, device, dtype):
-    # NOTE: built with inference mode off: a plan first made under torch.inference_mode (validation, benchmarks)
-    # is reused by training steps, and inference tensors cannot be saved for backward.
     ch, cw = axis_cells(grid, height), axis_cells(grid, width)
     k = len(grid)
     rows = [ch.first + i for i, s in enumerate(cropped_grid(ch)) for _ in range(s)]
