@@ -14,7 +14,8 @@ from typing import Optional, Tuple, Type
 __all__ = [
     'LaunchError', 'ConfigValidationError', 'MissingDataError', 'DataFileError', 'DiskFullError',
     'CheckpointLoadError', 'CorruptCheckpointError', 'UnsafeCheckpointError', 'DeployFormError', 'DeployError',
-    'NonFiniteTrainingError', 'USER_ERRORS', 'one_line', 'format_user_error', 'exit_code', 'check_int'
+    'NonFiniteTrainingError', 'ModelIndexError', 'MissingWeightsError', 'USER_ERRORS', 'one_line',
+    'format_user_error', 'exit_code', 'check_int'
 ]
 
 
@@ -83,6 +84,20 @@ class DeployError(ValueError):
     """A bad input to the deployment tools (config, form, shape, missing package); ``str(err)`` is one line."""
 
 
+# --------------------------------------------------------------------------------------------------- model index
+class ModelIndexError(ValueError):
+    """A model name that pelk_mm's model index (``model-index.yml``) does not hold, or holds for another codebase
+    than the one asked; ``str(err)`` is one line naming the closest name or the right codebase."""
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Weights asked for by model name (``pretrained=True``, an inferencer without ``weights``) that do not exist:
+    no PeLK weights are published. ``str(err)`` is one line naming the config to train and the file it writes."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 # --------------------------------------------------------------------------------------------------- training
 class NonFiniteTrainingError(RuntimeError):
     """Training stopped because of repeated non-finite losses/gradients (``str(err)`` is the one-line message)."""
@@ -91,7 +106,7 @@ class NonFiniteTrainingError(RuntimeError):
 #: what the tools print as one line (``error: ...``) with exit status 2 (3 for a non-finite stop)
 USER_ERRORS: Tuple[Type[BaseException], ...] = (
     LaunchError, MissingDataError, ConfigValidationError, CheckpointLoadError, NonFiniteTrainingError,
-    DataFileError, DiskFullError, DeployFormError, DeployError)
+    DataFileError, DiskFullError, DeployFormError, DeployError, ModelIndexError, MissingWeightsError)
 
 
 def one_line(err: BaseException, with_type: bool = False) -> str:
