@@ -1,9 +1,11 @@
-"""ONNX export of deployed PeLK models in both conv forms: standard operators only, the structured form without
-any large-kernel Conv, onnxruntime equal to PyTorch (fp32, dynamic batch), and the export tool end to end."""
+"""ONNX export of PeLK models in both conv forms: standard operators only, the structured form without any
+large-kernel Conv, onnxruntime equal to PyTorch (fp32, dynamic batch), with a plain ``torch.onnx.export`` (both
+exporters, train and deploy form, no extra step) and with the export tool end to end."""
 import importlib.util
 import io
 import os.path as osp
 import sys
+import warnings
 from contextlib import redirect_stderr
 
 import pytest
@@ -56,6 +58,67 @@ def test_backbone_export_matches_pytorch(helpers, tmp_path, form, conv_type, kpe
     sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = [torch.from_numpy(o) for o in sess.run(None, {'input': x.numpy()})]
     assert helpers.max_rel_err(got, expected) <= 1e-4
+
+
+def _plain_export(module, x, exporter):
+    """``torch.onnx.export`` as a user's script calls it (batch dynamic), the ONNX model proto back."""
+    import onnx
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if exporter == 'dynamo':
+            pytest.importorskip('onnxscript')
+            return torch.onnx.export(module, (x, ), dynamo=True, input_names=['input'], verbose=False,
+                                     dynamic_shapes=({0: torch.export.Dim('batch')}, )).model_proto
+        f = io.BytesIO()
+        torch.onnx.export(module, (x, ), f, dynamo=False, input_names=['input'],
+                          dynamic_axes={'input': {0: 'batch'}})
+        return onnx.load_from_string(f.getvalue())
+
+
+def _run_ort(proto, x):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
+    return [torch.from_numpy(o) for o in sess.run(None, {'input': x.numpy()})]
+
+
+def _conv_attrs(proto):
+    return [{a.name: list(a.ints) or a.i for a in n.attribute} for n in proto.graph.node if n.op_type == 'Conv']
+
+
+@pytest.mark.parametrize('exporter, form', [('torchscript', 'train'), ('torchscript', 'deploy'),
+                                            ('dynamo', 'train')])
+def test_plain_torch_onnx_export(helpers, exporter, form):
+    """``torch.onnx.export(PeLK(...), x)`` with no pelk_mm step: the peripheral convs lower themselves to the
+    structured form (CumSum, no large-kernel Conv), standard domain only, onnxruntime equal to PyTorch at another
+    batch size."""
+    model = helpers.tiny_pelk(3)
+    if form == 'deploy':
+        model.switch_to_deploy()
+    proto = _plain_export(model, torch.randn(2, 3, 64, 96), exporter)
+    assert all(n.domain in ('', 'ai.onnx') for n in proto.graph.node), {n.domain for n in proto.graph.node}
+    assert 'CumSum' in {n.op_type for n in proto.graph.node}
+    assert max(max(c['kernel_shape']) for c in _conv_attrs(proto)) <= 5  # stem, downsampling, small kernels
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        expected = list(model(x))
+    assert helpers.max_rel_err(_run_ort(proto, x), expected) <= 1e-5
+
+
+def test_plain_torch_onnx_export_dense_request(helpers):
+    """``with pelk_mm.ops.export_conv_form('dense')``: each peripheral conv is one grouped K x K Conv."""
+    from pelk_mm.ops import export_conv_form
+    model = helpers.tiny_pelk(4, kpe_mode=None)
+    with export_conv_form('dense'):
+        proto = _plain_export(model, torch.randn(1, 3, 64, 96), 'torchscript')
+    assert 'CumSum' not in {n.op_type for n in proto.graph.node}
+    large = [c for c in _conv_attrs(proto) if max(c['kernel_shape']) > 5]
+    # stage 0 (16 x 24 map): K = 13 whole; stage 1 (8 x 12): K = 11 whole; stage 2 (4 x 6): K = 9 cropped to 7 x 9
+    assert [(c['kernel_shape'], c['group']) for c in large] == [([13, 13], 6), ([11, 11], 9), ([7, 9], 12),
+                                                                 ([7, 9], 12)]
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = list(model(x))
+    assert helpers.max_rel_err(_run_ort(proto, x), expected) <= 1e-5
 
 
 def _load_tool():
