@@ -5,8 +5,11 @@
   strictly into the same config built with ``model.backbone.deploy=True``.
 * :func:`export_onnx` exports a deployed backbone (its feature maps) or an mmpretrain classifier (its logits) with
   the peripheral conv in one of two forms made of standard ONNX operators only: ``'dense'`` (the kernel expanded,
-  cropped to the map, one grouped ``Conv``) or ``'structured'`` (prefix sums + the ``k' x k'`` contraction,
-  :mod:`pelk_mm.ops._impl_onnx`, ``O(K + k'^2)`` per pixel). Batch size is dynamic, the spatial size fixed.
+  cropped to the map, one grouped ``Conv``) or ``'structured'`` (prefix sums + the ``k' x k'`` contraction as a
+  grouped ``1 x 1`` ``Conv``, :mod:`pelk_mm.ops._impl_onnx`, ``O(K + k'^2)`` per pixel). Batch size is dynamic, the
+  spatial size fixed. The op lowers itself to these forms under any export (:mod:`pelk_mm.ops.peripheral_conv`),
+  so a plain ``torch.onnx.export`` works as well; this one adds the output names, the checks and
+  :func:`conv_form`, which makes the requested form win over a config's explicit ``conv_impl``.
 * :func:`check_onnx` runs the file in onnxruntime and compares it with PyTorch.
 
 Models are built by the analysis builder (:func:`pelk_mm.analysis.builder.build_model`).
@@ -24,12 +27,13 @@ import torch
 import torch.nn as nn
 
 from pelk_mm.errors import DeployError, one_line
+from pelk_mm.ops import EXPORT_FORMS
 
 __all__ = ['CONV_FORMS', 'build_model', 'load_weights', 'convert_checkpoint', 'conv_form',
            'exportable', 'export_onnx', 'check_onnx', 'onnx_op_types', 'require_onnxruntime']
 
-#: ONNX forms of the peripheral conv -> the ``pelk_mm.ops`` implementation that writes it
-CONV_FORMS = {'dense': 'dense_cl', 'structured': 'cumsum'}
+#: ONNX forms of the peripheral conv -> the ``pelk_mm.ops`` implementation that writes it (the op's export forms)
+CONV_FORMS = EXPORT_FORMS
 
 ONNXRUNTIME_INSTALL = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (or re-run bash tools/setup.sh)'
 
@@ -181,8 +185,8 @@ def export_onnx(module: nn.Module, path: str, shape: Sequence[int], form: str = 
     """Export ``module`` (a deployed PeLK backbone, or :func:`exportable`'s wrapper) for ``1 x 3 x H x W`` inputs
     with a dynamic batch dimension; returns the output names.
 
-    The TorchScript-based exporter is used: it needs no extra package, and the peripheral conv is plain PyTorch
-    in both forms, so it traces to standard operators.
+    The TorchScript-based exporter is used: it is the faster of the two here (seconds, against tens of seconds for
+    the dynamo exporter), and the peripheral conv traces to standard operators in both forms with either.
     """
     h, w = _check_shape(shape)
     module = module.eval()

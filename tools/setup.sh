@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up for pelk_mm: creates .venv/ in the repository and installs the whole
 # OpenMMLab stack (torch, mmengine, mmcv with compiled ops, mmpretrain, mmseg, mmdet), onnx + onnxruntime
-# (deployment checks) plus pelk_mm.
+# (deployment checks) + onnxscript (torch.onnx.export's default dynamo exporter) plus pelk_mm.
 #
 #   bash tools/setup.sh            # create/update .venv
 #   PELK_MM_CACHE=/path bash tools/setup.sh   # where the built mmcv wheel is cached (default ~/.cache/pelk_mm)
@@ -144,7 +144,7 @@ else
 fi
 
 # 5. the OpenMMLab codebases and pelk_mm (requirements.txt pins the same versions)
-step "installing mmengine, mmpretrain, mmsegmentation, mmdet, onnx, onnxruntime and test tools (requirements.txt)"
+step "installing mmengine, mmpretrain, mmsegmentation, mmdet, onnx, onnxruntime, onnxscript and test tools (requirements.txt)"
 run requirements "${PIP[@]}" install -r requirements.txt
 step "installing pelk_mm (editable)"
 run pelk-mm "${PIP[@]}" install --no-build-isolation --no-deps -e .
@@ -163,7 +163,7 @@ cat "$LOG_DIR/cpp-ext.log" | grep 'C++ kernel' || true
 step "checking the installation"
 run check "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmengine, mmpretrain, mmseg, mmdet, torch, torchvision  # noqa: F401
-import onnx, onnxruntime  # noqa: F401  (ONNX export and its checks)
+import onnx, onnxruntime, onnxscript  # noqa: F401  (ONNX export, both exporters, and its checks)
 from mmcv.ops import nms, RoIAlign  # noqa: F401  (compiled ops)
 import pelk_mm
 from mmengine.registry import DefaultScope

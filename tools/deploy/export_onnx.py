@@ -13,13 +13,18 @@ segmentation or detection deployment starts from; the default for mmseg/mmdet co
 
 ``--conv-form`` (default ``structured``): how the peripheral conv is written
 
-* ``structured``: prefix sums (``CumSum``) + slices + the ``k' x k'`` contraction (``MatMul``): ``O(K + k'^2)`` per
-  pixel, the block-shared weights stay ``k' x k'`` in the file;
+* ``structured``: prefix sums (``CumSum``) + slices + the ``k' x k'`` contraction (a grouped ``1 x 1`` ``Conv``):
+  ``O(K + k'^2)`` per pixel, the block-shared weights stay ``k' x k'`` in the file;
 * ``dense``: the kernel expanded and cropped to the map, one grouped ``Conv``: ``O(K^2)`` per pixel, for runtimes
   that only optimise ``Conv``.
 
 After export the file is run in onnxruntime on random inputs of batch 1 and 2 and compared with PyTorch (max
 relative error printed; ``--no-check`` skips it). Logic: pelk_mm/deploy.py.
+
+The tool is a convenience, not a requirement: the peripheral conv lowers itself to these forms under any export,
+so ``torch.onnx.export(model, x)`` of a model holding PeLK (either exporter, or any tool that calls it) writes
+the structured form too, and ``with pelk_mm.ops.export_conv_form('dense'):`` (or
+``PELK_MM_EXPORT_CONV_FORM=dense``) the dense one.
 """
 import argparse
 import os.path as osp
