@@ -220,13 +220,13 @@ def _coco_problem(data) -> Optional[str]:
                               ('annotations', data['annotations'], _COCO_ANN_KEYS),
                               ('categories', data['categories'], ('id', 'name'))):
         for i, item in enumerate(items):
-            missing = [k for k in keys if not isinstance(item, dict) or k not in item]
-            if missing:
+            if not isinstance(item, dict) or not all(k in item for k in keys):
+                missing = [k for k in keys if not isinstance(item, dict) or k not in item]
                 return f'{what}[{i}] has no {missing[0]!r}'
             if what == 'annotations':
                 bbox = item['bbox']
                 if not (isinstance(bbox, list) and len(bbox) == 4
-                        and all(isinstance(v, (int, float)) for v in bbox)):
+                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
                     return f'annotations[{i}] (id {item.get("id")}) has bbox {bbox!r}, not [x, y, width, height]'
     return None
 
@@ -274,8 +274,21 @@ def _pipeline_has(dataset_cfg, transform: str) -> bool:
 _CHECKED: Dict[tuple, Tuple[List[str], List[str]]] = {}
 
 
+def _local_rank() -> int:
+    for name in ('SLURM_LOCALID', 'OMPI_COMM_WORLD_LOCAL_RANK', 'LOCAL_RANK'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def _report(key: tuple, compute) -> None:
-    """Run ``compute() -> (refusals, warnings)`` once per ``key``; log the warnings, raise the refusals."""
+    """Run ``compute() -> (refusals, warnings)`` once per ``key``; log the warnings, raise the refusals.
+
+    Only the first process of each machine reads the files: they are the same for its other ranks, and a parsed
+    COCO train2017 file holds about 4 GB while it is checked. A refusal stops that process, and torchrun / srun then
+    stop the others, which wait for it at the process-group rendezvous."""
+    if _local_rank() != 0:
+        return
     if key not in _CHECKED:
         _CHECKED[key] = compute()
         from mmengine.logging import print_log

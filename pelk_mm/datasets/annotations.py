@@ -85,7 +85,7 @@ def image_size(path: str) -> Tuple[int, int, bool]:
     with Image.open(path) as im:
         width, height = im.size
         rotated = False
-        if im.format in ('JPEG', 'MPO', 'TIFF', 'WEBP', 'PNG'):
+        if im.format in ('JPEG', 'MPO', 'TIFF'):  # NOTE: Pillow's PNG getexif decodes the whole image
             try:
                 rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
             except Exception:  # noqa: BLE001 - a broken EXIF block: the decoder ignores it too
@@ -94,13 +94,6 @@ def image_size(path: str) -> Tuple[int, int, bool]:
 
 
 # --------------------------------------------------------------------------------------------------- COCO
-def _box(bbox) -> Optional[Tuple[float, float, float, float]]:
-    if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-        return tuple(float(v) for v in bbox)
-    return None
-
-
 def coco_findings(data: dict, where: str, image_dir: Optional[str], classes: Optional[Sequence[str]] = None,
                   sample: Optional[int] = IMAGE_SAMPLE) -> Tuple[Findings, str]:
     """Problems of a parsed COCO instances file (the structure -- lists and required keys -- is checked first by
@@ -123,42 +116,42 @@ def coco_findings(data: dict, where: str, image_dir: Optional[str], classes: Opt
         images[img['id']] = img
     categories = {c['id'] for c in data['categories']}
     ann_ids = set()
+
+    def name(i: int, ann: dict, img: Optional[dict]) -> str:  # built only for a problem: the loop is hot
+        return f'annotations[{i}] (id {ann.get("id")!r}, image ' + \
+            (f'{img["file_name"]!r})' if img is not None else f'id {ann["image_id"]!r})')
+
     for i, ann in enumerate(data['annotations']):
         img = images.get(ann['image_id'], None)
-        name = f'annotations[{i}] (id {ann.get("id")!r}, image ' + \
-            (f'{img["file_name"]!r})' if img is not None else f'id {ann["image_id"]!r})')
-        if 'id' in ann:
-            if ann['id'] in ann_ids:
-                found.add('annotations whose id an earlier annotation has', name,
-                          'give every annotation its own id')
-            ann_ids.add(ann['id'])
+        if ann['id'] in ann_ids:
+            found.add('annotations whose id an earlier annotation has', name(i, ann, img),
+                      'give every annotation its own id')
+        ann_ids.add(ann['id'])
         if img is None:
-            found.add('annotations of an image_id that no image has (never trained)', name,
+            found.add('annotations of an image_id that no image has (never trained)', name(i, ann, img),
                       'add the image to "images" or remove its annotations')
             continue
         if ann['category_id'] not in categories:
             found.add('annotations with a category_id that no category has (mmdet drops them silently)',
-                      f'{name}: category_id {ann["category_id"]!r}',
+                      f'{name(i, ann, img)}: category_id {ann["category_id"]!r}',
                       f'use one of the category ids {sorted(categories)[:8]}{" ..." if len(categories) > 8 else ""} '
                       f'or add the category to "categories"')
-        box = _box(ann['bbox'])
-        if box is None:
-            continue
-        x, y, w, h = box
+        x, y, w, h = ann['bbox']  # four numbers: checked with the file's structure
         if w < 0 or h < 0:
             found.add('boxes with a negative width or height (mmdet drops them silently)',
-                      f'{name}: bbox {ann["bbox"]}', 'write boxes as [x, y, width, height] with the top-left '
-                      'corner first (COCO format, not [x1, y1, x2, y2] in the wrong order)')
+                      f'{name(i, ann, img)}: bbox {ann["bbox"]}', 'write boxes as [x, y, width, height] with the '
+                      'top-left corner first (COCO format, not [x1, y1, x2, y2] in the wrong order)')
             continue
-        if w < 1 or h < 1 or not (isinstance(ann.get('area', 1), (int, float)) and ann.get('area', 1) > 0):
+        area = ann['area']
+        if w < 1 or h < 1 or not isinstance(area, (int, float)) or area <= 0:
             found.add('boxes under 1 pixel wide or high or with area <= 0, which mmdet drops',
-                      f'{name}: bbox {ann["bbox"]}, area {ann.get("area")!r}',
+                      f'{name(i, ann, img)}: bbox {ann["bbox"]}, area {area!r}',
                       'remove them, or ignore this if they are meant to be skipped', refuse=False)
             continue
-        width, height = img.get('width', 0), img.get('height', 0)
+        width, height = img['width'], img['height']
         if min(x + w, width) - max(x, 0) <= 0 or min(y + h, height) - max(y, 0) <= 0:
             found.add('boxes wholly outside their image, which mmdet drops',
-                      f'{name}: bbox {ann["bbox"]} in a {width}x{height} image',
+                      f'{name(i, ann, img)}: bbox {ann["bbox"]} in a {width}x{height} image',
                       'check the box coordinates and the image width/height', refuse=False)
     if classes:
         names = {c['name'] for c in data['categories']}
@@ -230,12 +223,13 @@ def seg_findings(pairs: Sequence[Tuple[str, str]], where: str, raw_classes: Opti
     scope: Dict[str, str] = {}
     if not check_masks:
         return found, scope, ''
-    present = [(i, m) for i, m in pairs if osp.isfile(m)]
-    missing_kind = 'images without a mask file'
+    present = []
     for img, mask in pairs:
-        if not osp.isfile(mask):
-            found.add(missing_kind, f'{img!r} has no {mask!r}', 'put the masks next to their images '
-                      '(same name, the seg_map_suffix) in data_prefix.seg_map_path, or remove those images')
+        if osp.isfile(mask):
+            present.append((img, mask))
+        else:
+            found.add('images without a mask file', f'{img!r} has no {mask!r}', 'put the masks next to their '
+                      'images (same name, the seg_map_suffix) in data_prefix.seg_map_path, or remove those images')
     size_kind = 'masks of another size than their image'
     picked = spread(len(present), header_sample)
     for j in picked:

@@ -139,6 +139,16 @@ def test_coco_class_missing_from_the_categories(coco):
     assert "dataset classes without a category of that name in the file" in str(err) and "class 'person'" in str(err)
 
 
+def test_only_the_first_process_of_a_machine_reads_the_files(coco, monkeypatch):
+    data, d, write = coco
+    _negative_width(d)
+    write(d)
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    check_data_paths(_coco_cfg(data), 'train', ['train_dataloader'])  # rank 1 waits for rank 0's verdict
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    assert 'negative width or height' in str(_refusal(_coco_cfg(data)))
+
+
 def test_coco_degenerate_boxes_are_a_warning_not_a_refusal(coco):
     from pelk_mm.datasets.annotations import coco_findings
     data, d, write = coco
