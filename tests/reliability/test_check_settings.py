@@ -104,9 +104,9 @@ def test_every_shipped_config_passes(path):
 
 @pytest.mark.parametrize('options, key, fix', [
     ({'model.backbone.out_indices': [4]}, 'model.backbone.out_indices', 'list stage indices from 0'),
-    ({'model.backbone.kpe_mode': 'sideways'}, 'model.backbone.kpe_mode', "use 'input', 'bias', 'weight' or None"),
-    ({'model.backbone.conv_type': 'sparse'}, 'model.backbone.conv_type', "use 'peripheral', 'dense', 'stripe' or a registered LargeKernelConv form"),
-    ({'model.backbone.arch': 'huge'}, 'model.backbone.arch', 'use arch one of tiny/small/base'),
+    ({'model.backbone.kpe_mode': 'sideways'}, 'model.backbone.kpe_mode', "use one of ['input', 'bias', 'weight'] or None"),
+    ({'model.backbone.conv_type': 'sparse'}, 'model.backbone.conv_type', "use one of ['dense', 'peripheral', 'stripe']"),
+    ({'model.backbone.arch': 'huge'}, 'model.backbone.arch', "use one of ['b', 'b-101', 'base'"),
 ])
 def test_backbone_errors_have_a_fix_for_their_key(options, key, fix):
     from pelk_mm.apis.validate import build_backbone_meta
@@ -117,16 +117,22 @@ def test_backbone_errors_have_a_fix_for_their_key(options, key, fix):
     assert err.value.key == key and f'Fix: {fix}' in str(err.value), str(err.value)
 
 
-def test_reachable_milestones_and_zero_eta_min_pass():
+def test_schedule_and_size_checks_refuse_only_what_cannot_work():
     cfg = _cfg(DET)
     cfg.merge_from_dict({'train_cfg.max_epochs': 12, 'param_scheduler.1.milestones': [8, 11]})
-    check_settings(cfg, 'train')
+    check_settings(cfg, 'train')  # both decays happen
+    cfg.merge_from_dict({'param_scheduler.1.milestones': [8, 12]})
+    with pytest.raises(ConfigValidationError, match='milestone 12 .epochs. is not before the end of training'):
+        check_settings(cfg, 'train')  # the decay at 12 would follow the last epoch
     cfg = _cfg(CLS)
     cfg.merge_from_dict({'param_scheduler.1.eta_min': 0.0})
     check_settings(cfg, 'train')
-    # the keep-the-aspect-ratio marker -1 of mmpretrain's Resize is a valid size
+    # the keep-the-aspect-ratio marker -1 of mmpretrain's Resize is a valid size; -2 is not
     cfg.test_dataloader.dataset.pipeline[1] = dict(type='Resize', scale=(64, -1))
     check_settings(cfg, 'test')
+    cfg.test_dataloader.dataset.pipeline[1] = dict(type='Resize', scale=(64, -2))
+    with pytest.raises(ConfigValidationError, match=r'Resize scale=\(64, -2\) would give an empty image'):
+        check_settings(cfg, 'test')
 
 
 @pytest.mark.parametrize('options, message', [
