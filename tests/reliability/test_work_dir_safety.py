@@ -209,7 +209,7 @@ def test_second_train_in_the_same_work_dir_is_refused(tmp_path, rel):
             time.sleep(0.5)
         assert started.exists(), first.communicate()[0][-3000:]
         second = subprocess.run([rel.PY, REPO / 'tools/train.py', config, '--work-dir', work, '--cfg-options',
-                                 *opts], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                                 *opts], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
         lines = [ln for ln in second.stderr.splitlines() if ln.startswith('error:')]
         assert second.returncode == 2 and len(lines) == 1 and 'Traceback' not in second.stderr, second.stderr[-3000:]
         assert f'{work} is in use by another run (pid {first.pid} on ' in lines[0]
@@ -315,6 +315,7 @@ def test_resume_with_a_changed_recipe_names_each_change(tmp_path):
     assert check_resume_recipe(cfg, world_size=1) == []  # the same recipe
     cfg.train_cfg.max_epochs = 8  # a longer run is no recipe change
     cfg.model.backbone.conv_impl = 'auto'  # nor is the kernel implementation
+    cfg.model.backbone.with_cp = True  # nor activation checkpointing
     assert check_resume_recipe(cfg, world_size=1) == []
     cfg.optim_wrapper.optimizer.lr = 1e-3
     cfg.param_scheduler[0].end = 8

@@ -29,8 +29,9 @@ __all__ = ['ResumeChangesHook', 'recipe_changes', 'read_config_text', 'RECIPE_KE
 #: the config sections that make a training recipe (``train_dataloader.batch_size`` is compared on its own)
 RECIPE_KEYS = ('model', 'optim_wrapper', 'param_scheduler', 'auto_scale_lr')
 #: keys inside them that do not change what is trained: where the initial weights came from (a resume loads the
-#: checkpoint's) and which kernel implementation computes the same convolution
-_NOT_RECIPE = frozenset({'init_cfg', 'pretrained', 'conv_impl'})
+#: checkpoint's), which kernel implementation computes the same convolution, activation checkpointing (memory for
+#: compute) and how the model is evaluated (``model.test_cfg``)
+_NOT_RECIPE = frozenset({'init_cfg', 'pretrained', 'conv_impl', 'with_cp', 'test_cfg'})
 #: the sections whose change makes :class:`ResumeChangesHook` re-apply the optimizer settings and lr schedule
 _SCHEDULE_KEYS = ('optim_wrapper', 'param_scheduler', 'auto_scale_lr', 'train_dataloader.batch_size')
 
