@@ -60,6 +60,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (tools/dist_*.sh pass pytorch, tools/slurm_*.sh pass slurm)')
     add_trust_checkpoint_arg(parser)
+    parser.add_argument('--verbose', action='store_true',
+                        help='print everything mmengine logs (environment, merged config, hook order, per-class '
+                             'tables ...); without it these go to the log file only')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank; torchrun sets LOCAL_RANK
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
 
@@ -147,6 +150,9 @@ def build_test_parser() -> argparse.ArgumentParser:
 
 def _finish_args(args):
     apply_trust_checkpoint(args)
+    if getattr(args, 'verbose', False):
+        from .console import VERBOSE_ENV
+        os.environ[VERBOSE_ENV] = '1'
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -416,13 +422,33 @@ def build_runner(cfg, codebase: str):
 
     The ``runner_type`` is looked up in the codebase's registry (``_scope_``), not in whatever default scope an
     earlier Runner of the same process left current."""
+    from .console import quiet_runner_class
     if 'runner_type' in cfg:
         runners = importlib.import_module(f'{codebase}.registry').RUNNERS
         cfg = cfg.copy()
-        cfg['_scope_'] = runners.scope
-        return runners.build(cfg)
+        name = cfg.pop('runner_type')
+        runner_cls = runners.get(name) if isinstance(name, str) else name
+        if runner_cls is None:
+            raise LaunchError(f'runner_type={name!r} is not a registered Runner of {codebase}; use one of '
+                              f'{sorted(runners.module_dict)} or register yours with @RUNNERS.register_module()')
+        return quiet_runner_class(runner_cls).from_cfg(cfg)
     from mmengine.runner import Runner
-    return Runner.from_cfg(cfg)
+    return quiet_runner_class(Runner).from_cfg(cfg)
+
+
+def _print_outcome(runner, what: str, metrics: Optional[dict] = None) -> None:
+    """One closing line on rank 0: the final metrics, where the checkpoints and the full log are."""
+    from mmengine.dist import is_main_process
+    if not is_main_process():
+        return
+    from .console import final_metrics, log_file_of
+    metrics = metrics if metrics is not None else final_metrics(runner)
+    shown = ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in metrics.items()
+                      if isinstance(v, (int, float)))
+    where = f'; checkpoints in {runner.work_dir}' if what == 'train' else ''
+    log = log_file_of(runner)
+    print(f'pelk_mm: {what} finished: {shown or "no metrics"}{where}' + (f'; full log {log}' if log else ''),
+          flush=True)
 
 
 def _log(runner, notes: Sequence[str], level=logging.WARNING) -> None:
@@ -550,6 +576,7 @@ def train(args):
     finally:
         if lock is not None:
             lock.release()
+    _print_outcome(runner, 'train')
     return runner
 
 
@@ -572,6 +599,7 @@ def test(args):
     if args.out and codebase == 'mmpretrain' and args.out_item == 'metrics':
         import mmengine
         mmengine.dump(metrics, args.out)
+    _print_outcome(runner, 'test', metrics)
     return runner, metrics
 
 

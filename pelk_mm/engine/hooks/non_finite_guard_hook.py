@@ -28,6 +28,7 @@ back to their values from the start of the iteration. ``after_train`` restores t
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional
 
 import torch
@@ -221,6 +222,10 @@ class NonFiniteGuardHook(Hook):
             self.consecutive = 0
             return out
 
+        # NOTE: mmengine's param schedulers wrap ``wrapper.step`` with a call counter (``_with_counter``) and warn
+        # that the step "has been overridden" when that mark is gone; this step calls the counted one, so it carries
+        # the mark on.
+        functools.update_wrapper(step, orig_step)
         wrapper.update_params = update_params
         wrapper.step = step
         wrapper._pelk_nonfinite_guard = self
