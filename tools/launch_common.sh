@@ -5,6 +5,8 @@ if [ -z "$PYTHON" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 fi
 export PYTHONPATH="$ROOT":$PYTHONPATH
+# torchrun sets OMP_NUM_THREADS=1 when it is unset; the launcher tells that apart from a user's own choice by this
+export PELK_MM_USER_OMP_NUM_THREADS="${OMP_NUM_THREADS:-}"
 
 # usage_unless MIN_ARGS USAGE "$@": print the usage line and exit 1 when fewer than MIN_ARGS arguments are given
 usage_unless() {

@@ -497,7 +497,9 @@ def _prepare(cfg, args, mode: str):
     notes += validate_config(cfg, mode, config_name=args.config,
                              resume_other_world_size=bool(getattr(args, 'resume_other_world_size', False)),
                              resume_with_changes=bool(getattr(args, 'resume_with_changes', False)))
-    return codebase, info, notes
+    from .cpu_threads import apply_cpu_threads
+    threads = apply_cpu_threads()
+    return codebase, info + ([threads] if threads else []), notes
 
 
 def _bare_model(model):
