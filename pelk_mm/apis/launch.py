@@ -555,16 +555,21 @@ def _remove_stale_writes(cfg) -> List[str]:
 def train(args):
     """Build the Runner for the parsed train ``args`` and train. Returns the Runner.
 
-    The launching process (rank 0) holds the work dir's lock from before the first check until training ends, so a
-    second run in the same work dir is refused instead of overwriting this one's checkpoints."""
+    The launching process (rank 0) holds the work dir's lock until training ends, so a second run in the same work
+    dir is refused instead of overwriting this one's checkpoints. A work dir that already has a lock file is locked
+    before the checks (a running run there is named first); a new one only once the checks passed, so a run that
+    fails them leaves nothing behind."""
     from .validate import check_train_batches, check_work_dir, lock_work_dir
     cfg = load_config(args.config)
     get_codebase(cfg, args.config)
     cfg = merge_train_args(cfg, args)
-    check_work_dir(cfg)  # a file or an unwritable folder: one line, before the lock creates anything there
-    lock, notes = lock_work_dir(cfg)
+    check_work_dir(cfg)  # a file or an unwritable folder: one line, before the lock touches it
+    lock, notes = lock_work_dir(cfg, create=False)
     try:
         codebase, info, more = _prepare(cfg, args, 'train')
+        if lock is None:
+            lock, locked = lock_work_dir(cfg)
+            notes += locked
         notes += more + _remove_stale_writes(cfg)
         runner = build_runner(cfg, codebase)
         notes += check_load_from(runner, cfg)

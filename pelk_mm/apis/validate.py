@@ -365,11 +365,12 @@ def launcher_rank(launcher: str = 'none', environ=None) -> int:
     return int(environ.get(name, '0') or 0) if name else 0
 
 
-def lock_work_dir(cfg) -> Tuple[Optional[WorkDirLock], List[str]]:
+def lock_work_dir(cfg, create: bool = True) -> Tuple[Optional[WorkDirLock], List[str]]:
     """Take the work dir's lock for this run (rank 0 only: the N processes of one distributed run share it).
 
-    Returns ``(lock, notes)``; ``lock`` is None on other ranks, for URLs, or where the file system has no locks
-    (with a note). A work dir locked by a running process is refused in one line naming it and the holder.
+    Returns ``(lock, notes)``; ``lock`` is None on other ranks, for URLs, where the file system has no locks (with a
+    note), and, with ``create=False``, where the work dir has no lock file yet (nothing is created then). A work dir
+    locked by a running process is refused in one line naming it and the holder.
     """
     import errno
     import fcntl
@@ -379,8 +380,10 @@ def lock_work_dir(cfg) -> Tuple[Optional[WorkDirLock], List[str]]:
     work_dir = cfg.get('work_dir', None)
     if not work_dir or '://' in str(work_dir) or launcher_rank(cfg.get('launcher', 'none')) != 0:
         return None, []
-    os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, LOCK_NAME)
+    if not create and not osp.isfile(path):
+        return None, []
+    os.makedirs(work_dir, exist_ok=True)
     # NOTE: this process opens the lock file only here: closing any descriptor of a file drops the process's
     # record locks on it
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
