@@ -76,25 +76,27 @@ def test_export_form_switch(monkeypatch):
             pass
 
 
-@pytest.mark.parametrize('impl, form, expected', [
-    ('auto', None, 'cumsum'), ('cpp', None, 'cumsum'), ('fft', None, 'cumsum'), ('auto', 'dense', 'dense_cl'),
-    ('dense', None, 'dense'), ('box', 'dense', 'box'), ('cumsum', 'dense', 'cumsum')])
-def test_choice_under_jit_trace(impl, form, expected):
+#: (implementation named, export form requested) -> what runs under a trace
+TRACE_CHOICES = {('auto', 'structured'): 'cumsum', ('cpp', 'structured'): 'cumsum', ('fft', 'structured'): 'cumsum',
+                 ('auto', 'dense'): 'dense_cl', ('dense', 'structured'): 'dense', ('box', 'dense'): 'box',
+                 ('cumsum', 'dense'): 'cumsum'}
+
+
+def test_choice_under_jit_trace():
     """Under a trace, 'auto' and the kernels give the export form; an explicit standard-op implementation stays."""
-    seen = []
-
-    def f(x, w):
-        seen.append((is_export_trace(), resolve_impl(x, w, GRID, impl).name))
-        return peripheral_conv2d(x, w, GRID, impl)
-
     x, m = inputs(1), OneConv()
     assert not is_export_trace()
-    if impl == 'auto':
-        assert resolve_impl(x, m.weight, GRID, impl).name not in EXPORT_FORMS.values()  # eager: a runtime kernel
-    with warnings.catch_warnings(), export_conv_form(form or 'structured'):
-        warnings.simplefilter('ignore')
-        torch.jit.trace(f, (x, m.weight.detach()), check_trace=False)
-    assert seen == [(True, expected)]
+    assert resolve_impl(x, m.weight, GRID).name not in EXPORT_FORMS.values()  # eager: a runtime kernel
+    seen = {}
+    for (impl, form), expected in TRACE_CHOICES.items():
+        def f(x, w):
+            seen[impl, form] = (is_export_trace(), resolve_impl(x, w, GRID, impl).name)
+            return peripheral_conv2d(x, w, GRID, impl)
+
+        with warnings.catch_warnings(), export_conv_form(form):
+            warnings.simplefilter('ignore')
+            torch.jit.trace(f, (x, m.weight.detach()), check_trace=False)
+    assert seen == {key: (True, name) for key, name in TRACE_CHOICES.items()}
 
 
 # ------------------------------------------------------------------------------------------------ jit trace
@@ -147,8 +149,8 @@ def _onnx_export(m, x, exporter):
 
 
 @pytest.mark.parametrize('exporter, impl, form', [
-    ('torchscript', 'auto', 'structured'), ('torchscript', 'cpp', 'dense'), ('torchscript', 'box', 'structured'),
-    ('dynamo', 'auto', 'structured'), ('dynamo', 'auto', 'dense')])
+    ('torchscript', 'auto', 'structured'), ('torchscript', 'cpp', 'dense'), ('dynamo', 'auto', 'structured'),
+    ('dynamo', 'auto', 'dense')])
 def test_plain_onnx_export(exporter, impl, form):
     """``torch.onnx.export`` of a module holding the op, no extra step: standard ONNX only, onnxruntime equal to
     PyTorch at another batch size; the structured form has no large Conv, the dense one a grouped K x K Conv."""
@@ -160,9 +162,7 @@ def test_plain_onnx_export(exporter, impl, form):
     nodes = list(proto.graph.node)
     assert all(n.domain in ('', 'ai.onnx') for n in nodes), {n.domain for n in nodes}
     convs = [{a.name: list(a.ints) or a.i for a in n.attribute} for n in nodes if n.op_type == 'Conv']
-    if impl == 'box':
-        assert 'MatMul' in {n.op_type for n in nodes} and not convs  # an explicit standard-op choice stays
-    elif form == 'structured':
+    if form == 'structured':
         assert 'CumSum' in {n.op_type for n in nodes}
         assert [c.get('kernel_shape', [1, 1]) for c in convs] == [[1, 1]] and convs[0]['group'] == 4
     else:
