@@ -22,7 +22,7 @@ LAYERS = {
     'pelk_mm.registry': 2, 'pelk_mm.checkpoint': 2, 'pelk_mm.compat': 2, 'pelk_mm.config': 2,
     'pelk_mm.models': 3,
     'pelk_mm.engine': 4, 'pelk_mm.datasets': 4,
-    'pelk_mm.analysis': 5, 'pelk_mm.deploy': 5,
+    'pelk_mm.analysis': 5, 'pelk_mm.deploy': 5, 'pelk_mm.deploy_tasks': 5,
     'pelk_mm.apis': 6,
     'pelk_mm': 7,  # the package entry point (custom_imports=['pelk_mm']): registers everything
 }
