@@ -39,19 +39,20 @@ def _closest(name: str, valid: Iterable[str]) -> Optional[str]:
     return match[0] if match else None
 
 
-def _spell(key: str, what: str, name: str, valid: Iterable[str], listing: str) -> None:
-    """Fail for the misspelt ``name`` (of ``what``) at ``key``, naming the closest of ``valid`` or the listing."""
+def _spell(key: str, what: str, name: str, valid: Iterable[str], listing: Optional[str] = None) -> None:
+    """Fail for the unknown ``name`` (of ``what``) at ``key``, naming the closest of ``valid`` if one is close, else
+    listing the choices (``listing``, or ``valid`` sorted)."""
     valid = sorted(valid)
     match = _closest(name, valid)
     if match:
-        _fail(key, f'{what} {name!r} does not exist (did you mean {match!r}?)', f'write {match!r}')
-    _fail(key, f'{what} {name!r} does not exist', f'use one of {listing or valid}')
+        _fail(key, f'unknown {what} {name!r} (did you mean {match!r}?)', f'write {match!r}')
+    _fail(key, f'unknown {what} {name!r}', f'use one of {listing or valid}')
 
 
 def check_backbone_keys(backbone_cfg, key: str = 'model.backbone') -> None:
     """Raise :class:`~pelk_mm.errors.ConfigValidationError` (one line naming the closest valid spelling) for a key
-    of the PeLK backbone config that PeLK does not take, or an arch / conv form / KPE mode name that does not
-    exist."""
+    of the PeLK backbone config that PeLK (or its dict arch, or its conv form) does not take, or an unknown arch /
+    conv form / KPE mode name. Other bad values are left to the constructor's checks."""
     if not hasattr(backbone_cfg, 'keys'):
         return
     from pelk_mm.models import PeLK
@@ -72,7 +73,8 @@ def check_backbone_keys(backbone_cfg, key: str = 'model.backbone') -> None:
     if isinstance(arch, str):
         names = list(PeLK.arch_settings) + list(PeLK.arch_aliases)
         if arch.lower() not in names:
-            _spell(f'{key}.arch', 'PeLK arch', arch, names, '')
+            _spell(f'{key}.arch', 'PeLK arch', arch, names,
+                   f'{sorted(names)} or a dict with depths, channels, kernel_sizes (and center_sizes)')
     elif hasattr(arch, 'keys'):
         for name in arch.keys():
             if name not in ARCH_KEYS:
@@ -91,7 +93,7 @@ def check_backbone_keys(backbone_cfg, key: str = 'model.backbone') -> None:
             form = conv_form_class(conv_type)
         except ValueError:
             names = [n for n, c in MODELS.module_dict.items() if isinstance(c, type) and issubclass(c, LargeKernelConv)]
-            _spell(type_key, 'conv form', conv_type, names, conv_forms())
+            _spell(type_key, 'conv form', conv_type, names, str(conv_forms()))
     if form is not None:
         accepted = sorted(conv_form_args(form))
         for name in conv_cfg.keys():
@@ -103,4 +105,4 @@ def check_backbone_keys(backbone_cfg, key: str = 'model.backbone') -> None:
 
     kpe_mode = backbone_cfg.get('kpe_mode', 'input')
     if isinstance(kpe_mode, str) and kpe_mode not in KPE_MODES:
-        _spell(f'{key}.kpe_mode', 'kpe_mode', kpe_mode, KPE_MODES, f"{list(KPE_MODES)} or None")
+        _spell(f'{key}.kpe_mode', 'kpe_mode', kpe_mode, KPE_MODES, f'{list(KPE_MODES)} or None')
