@@ -40,8 +40,8 @@ from pelk_mm.deploy import conv_form, exportable, require_onnxruntime
 from pelk_mm.errors import DeployError
 
 __all__ = ['TASK_OUTPUTS', 'OUTPUTS', 'default_output', 'SegmentorExport', 'DetectorExport', 'task_module',
-           'default_shape', 'export_task', 'ort_session', 'seg_logits', 'OrtPredictor', 'evaluate_onnx',
-           'check_task_onnx']
+           'default_shape', 'export_task', 'ort_session', 'seg_logits', 'OrtPredictor', 'runner_data_preprocessor',
+           'evaluate_onnx', 'check_task_onnx', 'det_meta_inputs', 'ExportableAdaptiveAvgPool2d', 'exportable_pooling']
 
 #: the task graph of each codebase (``tools/deploy/export_onnx.py``'s default ``--output``)
 TASK_OUTPUTS = {'mmpretrain': 'classifier', 'mmseg': 'segmentor', 'mmdet': 'detector'}
@@ -565,15 +565,35 @@ def _quiet_loggers():
         logger.setLevel(level)
 
 
+def runner_data_preprocessor(cfg, model: nn.Module, codebase: str) -> nn.Module:
+    """Give ``model`` the data preprocessor mmengine's Runner gives it: a config's top-level ``data_preprocessor``
+    (mmpretrain configs keep mean/std and ``num_classes`` there) when ``cfg.model`` names none. Returns the
+    model."""
+    top = cfg.get('data_preprocessor', None)
+    if top is None or cfg.model.get('data_preprocessor', None) is not None:
+        return model
+    import importlib
+    registry = importlib.import_module(f'{codebase}.registry')
+    pre = copy.deepcopy(dict(top))
+    # NOTE: the type each codebase's model class defaults to when its config gives none
+    pre.setdefault('type', {'mmpretrain': 'ClsDataPreprocessor', 'mmseg': 'SegDataPreProcessor',
+                            'mmdet': 'DetDataPreprocessor'}[codebase])
+    model.data_preprocessor = registry.MODELS.build(pre)
+    return model
+
+
 def evaluate_onnx(cfg, model: nn.Module, codebase: str, path: str, threads: int = 1,
                   max_batches: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """Score ``model`` (PyTorch, its ``test_step``) and the task graph ``path`` (onnxruntime,
     :class:`OrtPredictor`) on the config's validation set with the config's evaluator.
 
+    ``model`` gets the Runner's data preprocessor (:func:`runner_data_preprocessor`).
+
     Returns:
         dict: ``{'pytorch': metrics, 'onnxruntime': metrics}`` as the evaluator names them (e.g.
         ``accuracy/top1``, ``mIoU``, ``coco/bbox_mAP``).
     """
+    runner_data_preprocessor(cfg, model, codebase)
     predictor = OrtPredictor(path, model, codebase, threads)
     loader, (ev_torch, ev_ort) = _val_loader_and_evaluators(cfg)
     model.eval()

@@ -54,6 +54,7 @@ from pelk_mm.apis.cli import run_main  # noqa: E402
 from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args  # noqa: E402
 from pelk_mm.errors import DeployError  # noqa: E402
 from pelk_mm.analysis.builder import load_cfg  # noqa: E402
+from pelk_mm.config import get_codebase  # noqa: E402
 from pelk_mm.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx, exportable,  # noqa: E402
                             load_weights, onnx_op_types, require_onnxruntime)
 from pelk_mm.deploy_tasks import (OUTPUTS, TASK_OUTPUTS, check_task_onnx, default_output,  # noqa: E402
@@ -145,8 +146,7 @@ def main(argv=None) -> int:
     if not args.no_check or args.val:
         require_onnxruntime()  # fail before the export, with the install line
     cfg = load_cfg(args.config, args.cfg_options)
-    model, codebase = build_model(cfg, deploy=args.deployed)
-    load_weights(model, args.checkpoint)
+    codebase = get_codebase(cfg, args.config)
     output = args.output or default_output(codebase)
     if output != 'backbone' and TASK_OUTPUTS.get(codebase) != output:
         raise DeployError(f'--output {output} needs a {[c for c, o in TASK_OUTPUTS.items() if o == output][0]} '
@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     if shape is None:
         raise DeployError(f'--output {output} of {args.config} needs --shape H W: the padded size of the test images '
                           f'(the graph\'s input size is fixed)')
+    model, codebase = build_model(cfg, deploy=args.deployed)
+    load_weights(model, args.checkpoint)
     reference = copy.deepcopy(model) if args.val else None  # the model as tools/test.py evaluates it
     if not args.deployed:
         model.backbone.switch_to_deploy()
