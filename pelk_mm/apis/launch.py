@@ -610,10 +610,6 @@ def test(args):
     return runner, metrics
 
 
-def _stop_on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt(signum)
-
-
 def _run_cli(fn, args) -> int:
     from pelk_mm.compat import apply_launcher_patches
     apply_launcher_patches()  # CPU/gloo launcher and elastic rendezvous: needed by these entry points only
@@ -624,20 +620,34 @@ def _run_cli(fn, args) -> int:
 
     import torch.distributed as torch_dist
     # NOTE: a single process stopped by SIGTERM (a scheduler, `kill`) or Ctrl-C says so in one line and exits
-    # 128 + N; checkpoints are written atomically, so the last one is intact. Under torchrun the agent reports the
-    # signal once for all workers (pelk_mm.apis.torchrun), so workers keep the default handling.
+    # 128 + N; checkpoints are written atomically, and with ResumeStateHook (the shipped configs) the previous one
+    # is rotated away only after the new one, so last_checkpoint names an intact file. Under torchrun the agent
+    # reports the signal once for all workers (pelk_mm.apis.torchrun), so workers keep the default handling.
     single = getattr(args, 'launcher', 'none') == 'none' and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if single else None
+    resume = '; resume with --resume (the same command plus --resume continues from the last checkpoint)' \
+        if fn is train else ''
+    main_pid = os.getpid()
+
+    def stop(signum, frame) -> None:
+        # NOTE: the process ends here, as with the default SIGTERM action, rather than by raising: an exception
+        # raised while a DataLoader forks its workers is swallowed by the fork hooks and the run went on. Data
+        # workers (forked with this handler) leave quietly; the main process names the signal once.
+        if os.getpid() == main_pid:
+            import multiprocessing
+            print(f'error: stopped by {signal.Signals(signum).name}{resume}', file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            for child in multiprocessing.active_children():
+                child.terminate()
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop) if single else None
     try:
         rc = run_cli(fn, args)
-    except KeyboardInterrupt as err:
+    except KeyboardInterrupt:
         if not single:
             raise
-        signum = err.args[0] if err.args and isinstance(err.args[0], int) else signal.SIGINT
-        resume = '; resume with --resume (the same command plus --resume continues from the last checkpoint)' \
-            if fn is train else ''
-        print(f'error: stopped by {signal.Signals(signum).name}{resume}', file=sys.stderr, flush=True)
-        rc = 128 + int(signum)
+        print(f'error: stopped by SIGINT{resume}', file=sys.stderr, flush=True)
+        rc = 128 + int(signal.SIGINT)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
