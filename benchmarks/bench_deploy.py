@@ -3,7 +3,8 @@
 deploy vs the folding bound, and (``--onnx``) the exported ONNX graphs in onnxruntime.
 
     python benchmarks/bench_deploy.py [--arch tiny] [--size 224] [--batches 1 8] [--reps 9 5] [--threads 2]
-                                      [--onnx] [--out work_dirs/benchmarks/deploy.json]
+                                      [--onnx] [--tasks [classifier segmentor detector]] [--task-reps 9]
+                                      [--no-backbone] [--out work_dirs/benchmarks/deploy.json]
 
 Rows (one random-weight PeLK, BatchNorm statistics randomised, eval mode, ``torch.inference_mode``):
 
@@ -16,6 +17,14 @@ Rows (one random-weight PeLK, BatchNorm statistics randomised, eval mode, ``torc
   conv_norm_cfg=None``): what folding can save at most;
 * ``--onnx``: the deployed backbone exported by ``tools/deploy/export_onnx.py`` in both conv forms, run by
   onnxruntime's CPU provider with ``--threads`` intra-op threads.
+
+``--tasks``: a second table, one block per task graph of ``tools/deploy/export_onnx.py`` on the demo configs
+(random weights, ``init_weights`` + randomised BatchNorm statistics, seed 0), each the whole test path of one
+image: ``PyTorch, train form`` (what ``tools/test.py`` runs: the classifier's logits; mmseg's slide inference of a
+128 x 128 image over 64 x 64 crops; mmdet's ``predict(rescale=True)`` of a 160 x 160 image, boxes and pasted masks),
+``PyTorch, deployed`` (the same after ``switch_to_deploy``) and ``onnxruntime`` (the exported graph; the slide loop
+in Python around it for the segmentor). Each block also gives onnxruntime's difference from the PyTorch train form
+on the timed input (max relative error of the logits; detections: count, max box error, mask IoU).
 
 All rows of one batch size are timed interleaved (one forward of each row per round, the row order rotated every
 round, ``--reps`` rounds after three warm-up rounds): the table gives each row's median time and the median of its
@@ -44,8 +53,14 @@ def parse_args(argv=None):
     p.add_argument('--reps', type=int, nargs='+', default=[9, 5], help='timed rounds per batch size')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--onnx', action='store_true', help='add onnxruntime rows (dense and structured exports)')
+    p.add_argument('--tasks', nargs='*', default=None, choices=list(TASK_CONFIGS),
+                   help='add the task-graph table (all three tasks when given without names)')
+    p.add_argument('--task-reps', type=int, default=9, help='timed rounds per task')
+    p.add_argument('--no-backbone', action='store_true', help='only the task table')
     p.add_argument('--out', default=osp.join(ROOT, 'work_dirs', 'benchmarks', 'deploy.json'))
     args = p.parse_args(argv)
+    if args.tasks == []:
+        args.tasks = list(TASK_CONFIGS)
     if len(args.reps) == 1:
         args.reps = args.reps * len(args.batches)
     if len(args.reps) != len(args.batches):
@@ -136,6 +151,111 @@ def onnx_rows(deployed, args):
     return rows
 
 
+#: task -> (demo config, graph input H x W, image H x W of the timed test path)
+TASK_CONFIGS = {
+    'classifier': ('configs/demo/pelk_demo_in1k.py', (64, 64), (64, 64)),
+    'segmentor': ('configs/demo/pelk_demo_upernet_ade20k.py', (64, 64), (128, 128)),
+    'detector': ('configs/demo/pelk_demo_cascade_mask_rcnn_coco.py', (160, 160), (160, 160)),
+}
+
+
+def _rel_err(a, b) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def task_rows(task: str, threads: int):
+    """``({row: callable(_)}, parity)`` of one task graph (see the module docstring)."""
+    import copy
+
+    import torch
+    from pelk_mm.analysis.builder import load_cfg
+    from pelk_mm.deploy import build_model
+    from pelk_mm.deploy_tasks import export_task, ort_session, seg_logits, task_module
+    config, graph_hw, image_hw = TASK_CONFIGS[task]
+    from pelk_mm.deploy_tasks import quiet_mmengine
+    cfg = load_cfg(osp.join(ROOT, config))
+    torch.manual_seed(0)
+    with quiet_mmengine():
+        train, _ = build_model(cfg, deploy=False)
+        train.init_weights()
+    _randomise_bn(train)
+    train.eval()
+    deployed = copy.deepcopy(train)
+    deployed.backbone.switch_to_deploy()
+    path = osp.join(tempfile.mkdtemp(prefix='pelk_task_'), f'{task}.onnx')
+    export_task(task_module(deployed, task), path, task, graph_hw)
+    sess = ort_session(path, threads)
+    x = torch.randn(1, 3, *image_hw, generator=torch.Generator().manual_seed(0))
+    if task == 'classifier':
+        def torch_row(m):
+            return lambda _: m.head(m.extract_feat(x))
+
+        def ort_row(_):
+            return torch.from_numpy(sess.run(None, {'input': x.numpy()})[0])
+
+        parity = lambda ref, got: dict(max_rel_err=_rel_err(got, ref))  # noqa: E731
+    elif task == 'segmentor':
+        metas = [dict(img_shape=image_hw, ori_shape=image_hw, pad_shape=image_hw)]
+
+        def torch_row(m):
+            return lambda _: m.inference(x, metas)
+
+        def ort_row(_):
+            return seg_logits(lambda t: torch.from_numpy(sess.run(None, {'input': t.contiguous().numpy()})[0]), x,
+                              train.test_cfg, train.out_channels)
+
+        parity = lambda ref, got: dict(max_rel_err=_rel_err(got, ref),  # noqa: E731
+                                       pixels_differ=(got.argmax(1) != ref.argmax(1)).float().mean().item())
+    else:
+        from mmdet.structures import DetDataSample
+        meta = dict(img_shape=image_hw, scale_factor=(1.0, 1.0), ori_shape=image_hw, pad_shape=image_hw,
+                    batch_input_shape=image_hw)
+        feed = {'input': x.numpy(), 'img_shape': torch.tensor(image_hw).numpy(),
+                'scale_factor': torch.tensor([1.0, 1.0]).numpy(), 'ori_shape': torch.tensor(image_hw).numpy()}
+
+        def torch_row(m):
+            return lambda _: m.predict(x, [DetDataSample(metainfo=dict(meta))], rescale=True)[0].pred_instances
+
+        def ort_row(_):
+            return [torch.from_numpy(o) for o in sess.run(None, feed)]
+
+        def parity(ref, got):
+            out = dict(num_dets=len(ref), num_dets_ort=int(got[0].shape[0]))
+            if out['num_dets'] == out['num_dets_ort'] and len(ref):
+                out['max_box_err'] = (got[0][:, :4] - ref.bboxes).abs().max().item()
+                out['labels_equal'] = bool(torch.equal(got[1], ref.labels))
+                out['mask_iou'] = ((got[2] & ref.masks).sum() / (got[2] | ref.masks).sum()).item()
+            return out
+    rows = {'PyTorch, train form': torch_row(train), 'PyTorch, deployed': torch_row(deployed),
+            'onnxruntime': ort_row}
+    with torch.inference_mode():
+        result = parity(rows['PyTorch, train form'](None), rows['onnxruntime'](None))
+    return rows, result
+
+
+def run_tasks(args):
+    """Time every ``--tasks`` graph against PyTorch (interleaved rounds); prints a table, returns JSON rows."""
+    import torch
+    out = []
+    print(f'\nTask graphs (demo configs, random weights), one image per call, {args.threads} threads, '
+          f'{args.task_reps} interleaved rounds; ratio = median of the per-round ratios to the PyTorch train form')
+    print('| task | row | s / image | ÷ PyTorch train form |')
+    print('|---|---|---|---|')
+    for task in args.tasks:
+        rows, parity = task_rows(task, args.threads)
+        med, raw = time_interleaved(rows, None, args.task_reps)
+        ref = raw['PyTorch, train form']
+        for n in rows:
+            ratio = statistics.median(t / u for t, u in zip(raw[n], ref))
+            print(f'| {task} | {n} | {med[n]:.4f} | {ratio:.3f} |')
+            out.append(dict(task=task, row=n, median_s=med[n], times_s=raw[n], ratio_to_train_form=ratio))
+        print(f'|  | onnxruntime vs PyTorch train form | {", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items())} | |')
+        out.append(dict(task=task, parity=parity))
+        del rows
+        torch.set_num_threads(args.threads)
+    return out
+
+
 #: onnxruntime vs PyTorch, ``{form: {batch: max relative error}}`` (filled by :func:`onnx_rows`)
 ONNX_ERRORS = {}
 
@@ -163,6 +283,11 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
+    tasks = run_tasks(args) if args.tasks else []
+    if args.no_backbone:
+        _write(args, dict(args=vars(args), machine=platform.processor() or platform.machine(),
+                          torch=torch.__version__, tasks=tasks))
+        return
     rows = build_rows(args)
     results = []
     for batch, reps in zip(args.batches, args.reps):
@@ -186,10 +311,14 @@ def main(argv=None):
     for form, errs in ONNX_ERRORS.items():
         print(f'onnxruntime {form} vs PyTorch, max relative error: '
               + ', '.join(f'batch {b}: {e:.1e}' for b, e in errs.items()))
+    _write(args, dict(args=vars(args), machine=platform.processor() or platform.machine(), torch=torch.__version__,
+                      rows=results, onnx_max_rel_err=ONNX_ERRORS, tasks=tasks))
+
+
+def _write(args, data) -> None:
     os.makedirs(osp.dirname(args.out) or '.', exist_ok=True)
     with open(args.out, 'w') as f:
-        json.dump(dict(args=vars(args), machine=platform.processor() or platform.machine(),
-                       torch=torch.__version__, rows=results, onnx_max_rel_err=ONNX_ERRORS), f, indent=2)
+        json.dump(data, f, indent=2)
     print(f'wrote {args.out}')
 
 

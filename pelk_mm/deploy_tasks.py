@@ -41,7 +41,7 @@ from pelk_mm.errors import DeployError
 
 __all__ = ['TASK_OUTPUTS', 'OUTPUTS', 'default_output', 'SegmentorExport', 'DetectorExport', 'task_module',
            'default_shape', 'export_task', 'ort_session', 'seg_logits', 'OrtPredictor', 'runner_data_preprocessor',
-           'evaluate_onnx', 'check_task_onnx', 'det_meta_inputs', 'ExportableAdaptiveAvgPool2d', 'exportable_pooling']
+           'evaluate_onnx', 'check_task_onnx', 'det_meta_inputs', 'ExportableAdaptiveAvgPool2d', 'exportable_pooling', 'quiet_mmengine']
 
 #: the task graph of each codebase (``tools/deploy/export_onnx.py``'s default ``--output``)
 TASK_OUTPUTS = {'mmpretrain': 'classifier', 'mmseg': 'segmentor', 'mmdet': 'detector'}
@@ -551,8 +551,9 @@ def _val_loader_and_evaluators(cfg):
 
 
 @contextlib.contextmanager
-def _quiet_loggers():
-    """CocoMetric prints its tables through the current mmengine logger; keep them out of a tool's output."""
+def quiet_mmengine():
+    """Within the block, the current mmengine logger shows warnings and errors only: the init-weight reports of
+    model building and CocoMetric's tables stay out of a tool's one-line output."""
     import logging
 
     from mmengine.logging import MMLogger
@@ -606,7 +607,7 @@ def evaluate_onnx(cfg, model: nn.Module, codebase: str, path: str, threads: int 
             data = model.data_preprocessor(ort_batch, False)
             ev_ort.process(data_samples=predictor.predict(data['inputs'], data['data_samples']), data_batch=ort_batch)
     n = len(loader.dataset) if max_batches is None else min(len(loader.dataset), max_batches * loader.batch_size)
-    with _quiet_loggers():
+    with quiet_mmengine():
         return dict(pytorch=ev_torch.evaluate(n), onnxruntime=ev_ort.evaluate(n))
 
 

@@ -58,7 +58,8 @@ from pelk_mm.config import get_codebase  # noqa: E402
 from pelk_mm.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx, exportable,  # noqa: E402
                             load_weights, onnx_op_types, require_onnxruntime)
 from pelk_mm.deploy_tasks import (OUTPUTS, TASK_OUTPUTS, check_task_onnx, default_output,  # noqa: E402
-                                  default_shape, evaluate_onnx, export_task, task_module)
+                                  default_shape, evaluate_onnx, export_task, quiet_mmengine,
+                                  task_module)
 
 #: relative error above which the onnxruntime check fails (float32)
 TOLERANCE = 1e-4
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
     if shape is None:
         raise DeployError(f'--output {output} of {args.config} needs --shape H W: the padded size of the test images '
                           f'(the graph\'s input size is fixed)')
-    model, codebase = build_model(cfg, deploy=args.deployed)
+    with quiet_mmengine():  # the builder's init-weight report, one line per tensor
+        model, codebase = build_model(cfg, deploy=args.deployed)
     load_weights(model, args.checkpoint)
     reference = copy.deepcopy(model) if args.val else None  # the model as tools/test.py evaluates it
     if not args.deployed:
