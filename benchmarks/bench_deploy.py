@@ -249,7 +249,8 @@ def run_tasks(args):
             ratio = statistics.median(t / u for t, u in zip(raw[n], ref))
             print(f'| {task} | {n} | {med[n]:.4f} | {ratio:.3f} |')
             out.append(dict(task=task, row=n, median_s=med[n], times_s=raw[n], ratio_to_train_form=ratio))
-        print(f'|  | onnxruntime vs PyTorch train form | {", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in parity.items())} | |')
+        cells = ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in parity.items())
+        print(f'|  | onnxruntime vs PyTorch train form | {cells} | |')
         out.append(dict(task=task, parity=parity))
         del rows
         torch.set_num_threads(args.threads)

@@ -41,7 +41,8 @@ from pelk_mm.errors import DeployError
 
 __all__ = ['TASK_OUTPUTS', 'OUTPUTS', 'default_output', 'SegmentorExport', 'DetectorExport', 'task_module',
            'default_shape', 'export_task', 'ort_session', 'seg_logits', 'OrtPredictor', 'runner_data_preprocessor',
-           'evaluate_onnx', 'check_task_onnx', 'det_meta_inputs', 'ExportableAdaptiveAvgPool2d', 'exportable_pooling', 'quiet_mmengine']
+           'evaluate_onnx', 'check_task_onnx', 'det_meta_inputs', 'ExportableAdaptiveAvgPool2d', 'exportable_pooling',
+           'quiet_mmengine']
 
 #: the task graph of each codebase (``tools/deploy/export_onnx.py``'s default ``--output``)
 TASK_OUTPUTS = {'mmpretrain': 'classifier', 'mmseg': 'segmentor', 'mmdet': 'detector'}

@@ -163,3 +163,26 @@ def test_export_tool_refuses_in_one_line(tmp_path, config, extra, expected):
     code, lines = _tool_error([config, str(tmp_path / 'none.pth'), str(tmp_path / 'x.onnx')] + extra)
     assert code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_bench_deploy_task_table(tmp_path, capsys):
+    """benchmarks/bench_deploy.py --tasks classifier --no-backbone: the classifier graph timed against PyTorch
+    (train form, deployed) in one interleaved run, a markdown table and JSON with onnxruntime's difference."""
+    import importlib.util
+    import json
+    spec = importlib.util.spec_from_file_location('bench_deploy', osp.join(ROOT, 'benchmarks/bench_deploy.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(['--tasks', 'classifier', '--no-backbone', '--task-reps', '2', '--threads', '1', '--out',
+                    str(tmp_path / 'deploy.json')])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert '| classifier | onnxruntime |' in printed and '| classifier | PyTorch, train form |' in printed
+    tasks = json.load(open(tmp_path / 'deploy.json'))['tasks']
+    rows = [r for r in tasks if 'row' in r]
+    assert [r['row'] for r in rows] == ['PyTorch, train form', 'PyTorch, deployed', 'onnxruntime']
+    assert all(len(r['times_s']) == 2 and r['median_s'] > 0 for r in rows)
+    assert [r['parity']['max_rel_err'] for r in tasks if 'parity' in r][0] < 1e-4

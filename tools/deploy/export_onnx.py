@@ -107,9 +107,9 @@ def _task_line(args, output: str, shape, in_names, out_names, result) -> str:
     if 'max_box_err' not in result:
         return text + (f'; onnxruntime vs PyTorch on a random image: {int(result["num_dets_ort"])} vs '
                        f'{int(result["num_dets"])} detections')
+    labels = 'equal' if result['labels_equal'] else 'differ'
     return text + (f'; onnxruntime vs PyTorch on a random image: {int(result["num_dets"])} detections in both, '
-                   f'max box error {result["max_box_err"]:.1e} px, labels {"equal" if result["labels_equal"] else "differ"}, '
-                   f'mask IoU {result["mask_iou"]:.4f}')
+                   f'max box error {result["max_box_err"]:.1e} px, labels {labels}, mask IoU {result["mask_iou"]:.4f}')
 
 
 #: operators worth naming in the one-line summary of a task graph
