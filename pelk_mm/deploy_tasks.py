@@ -42,7 +42,7 @@ from pelk_mm.errors import DeployError
 __all__ = ['TASK_OUTPUTS', 'OUTPUTS', 'default_output', 'SegmentorExport', 'DetectorExport', 'task_module',
            'default_shape', 'export_task', 'ort_session', 'seg_logits', 'OrtPredictor', 'runner_data_preprocessor',
            'evaluate_onnx', 'check_task_onnx', 'det_meta_inputs', 'ExportableAdaptiveAvgPool2d', 'exportable_pooling',
-           'quiet_mmengine']
+           'quiet_mmengine', 'mmdeploy_fixes', 'mmdeploy_export']
 
 #: the task graph of each codebase (``tools/deploy/export_onnx.py``'s default ``--output``)
 TASK_OUTPUTS = {'mmpretrain': 'classifier', 'mmseg': 'segmentor', 'mmdet': 'detector'}
@@ -615,13 +615,14 @@ def evaluate_onnx(cfg, model: nn.Module, codebase: str, path: str, threads: int 
 def check_task_onnx(path: str, module: nn.Module, output: str, shape: Sequence[int], threads: int = 1,
                     seed: int = 0) -> Dict[str, float]:
     """Run the task graph in onnxruntime and ``module`` in PyTorch on one random input (batch 2 where the batch is
-    dynamic) and compare: ``{'max_rel_err': ...}`` for tensor outputs; for a detector ``num_dets`` (PyTorch),
+    dynamic, else the graph's) and compare: ``{'max_rel_err': ...}`` for tensor outputs; for a detector ``num_dets`` (PyTorch),
     ``num_dets_ort``, ``max_box_err`` (pixels), ``labels_equal`` and ``mask_iou`` (1.0 when both are empty)."""
     sess = ort_session(path, threads)
     h, w = shape
     g = torch.Generator().manual_seed(seed)
     if output != 'detector':
-        x = torch.randn(2, 3, h, w, generator=g)
+        batch = sess.get_inputs()[0].shape[0]
+        x = torch.randn(batch if isinstance(batch, int) else 2, 3, h, w, generator=g)
         got = [torch.from_numpy(o) for o in sess.run(None, {sess.get_inputs()[0].name: x.numpy()})]
         with torch.no_grad():
             ref = module(x)
@@ -643,3 +644,111 @@ def check_task_onnx(path: str, module: nn.Module, output: str, shape: Sequence[i
         union = (ref[2] | got[2].bool()).sum().item()
         out['mask_iou'] = inter / union if union else 1.0
     return out
+
+
+# ------------------------------------------------------------------------------------------------------- mmdeploy
+#: the mmdeploy releases :func:`mmdeploy_fixes` was written against
+MMDEPLOY_VERSIONS = ('1.3.',)
+MMDEPLOY_INSTALL = 'pip install --no-deps mmdeploy==1.3.1 aenum multiprocess dill'
+
+
+def _mmdeploy():
+    try:
+        import mmdeploy
+    except ImportError as err:
+        raise DeployError(f'mmdeploy is not installed ({err}); it is an optional extra: {MMDEPLOY_INSTALL} '
+                          f'(--no-deps: its protobuf<=3.20.2 pin would break onnx)') from err
+    if not mmdeploy.__version__.startswith(MMDEPLOY_VERSIONS):
+        raise DeployError(f'mmdeploy {mmdeploy.__version__} is untested with pelk_mm; the route is written for '
+                          f'mmdeploy 1.3.x ({MMDEPLOY_INSTALL})')
+    return mmdeploy
+
+
+@contextlib.contextmanager
+def mmdeploy_fixes():
+    """Within the block, mmdeploy 1.3's ONNX export works on torch 2.x (each fix applies only where the torch in
+    use lacks what mmdeploy expects, and is undone on exit):
+
+    * ``torch.onnx.export`` is called with ``dynamo=False``: mmdeploy's export runs through its function and
+      symbolic rewriters, which only the TorchScript-based exporter applies, and calls ``torch.onnx.export``
+      without ``dynamo``, whose default became ``True`` in torch 2.9;
+    * ``torch.onnx.symbolic_opset9._cast_Long`` (removed in torch 2.x), which mmdeploy's mmcv ``RoIAlign``
+      symbolic imports, is restored as a ``Cast`` to int64;
+    * ``F.adaptive_avg_pool2d`` is exported exactly (:class:`ExportableAdaptiveAvgPool2d`'s bins, as an
+      onnxruntime-backend rewriter, which mmdeploy prefers to its default one): mmdeploy's default rewrite pools
+      ``floor(size / bins)``-wide windows with that stride, which covers only part of the map when the bins do not
+      divide it (UperNet's 3 and 6 bins on a 16 x 16 map) and fails with a zero stride when the map is smaller than
+      the bins (6 bins on the demo's 2 x 2 map).
+    """
+    import functools
+    import inspect
+
+    import torch.onnx.symbolic_opset9 as opset9
+    restore = []
+    export = torch.onnx.export
+    param = inspect.signature(export).parameters.get('dynamo')
+    if param is not None and param.default is not False:
+        torch.onnx.export = functools.wraps(export)(functools.partial(export, dynamo=False))
+        restore.append(lambda: setattr(torch.onnx, 'export', export))
+    if not hasattr(opset9, '_cast_Long'):
+        def _cast_long(g, value, non_blocking=False):
+            return g.op('Cast', value, to_i=7)  # onnx TensorProto.INT64
+
+        opset9._cast_Long = _cast_long
+        restore.append(lambda: delattr(opset9, '_cast_Long'))
+    from mmdeploy.core import FUNCTION_REWRITER
+
+    def _exact_adaptive_avg_pool2d(input, output_size):
+        return ExportableAdaptiveAvgPool2d(output_size).forward(input)
+
+    FUNCTION_REWRITER.register_rewriter('torch.nn.functional.adaptive_avg_pool2d',
+                                        backend='onnxruntime')(_exact_adaptive_avg_pool2d)
+    restore.append(lambda: FUNCTION_REWRITER._registry.remove_record(_exact_adaptive_avg_pool2d))
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
+def mmdeploy_export(config: str, checkpoint: str, path: str, shape: Sequence[int], cfg_options=None,
+                    opset: int = 17) -> str:
+    """Export an mmseg segmentor with mmdeploy 1.3 (``mmdeploy.apis.torch2onnx``, onnxruntime backend, static
+    ``H x W``, ``with_argmax=False``, within :func:`mmdeploy_fixes`): ``input (1, 3, H, W) -> output (1, classes,
+    H, W)`` logits, the graph :class:`OrtPredictor` runs (slide inference as for pelk_mm's own graph). The
+    peripheral conv is written in its dense export form: under ``torch2onnx`` the structured form's grouped
+    ``1 x 1`` contraction fails with "convolution for kernel of unknown shape". Returns ``path``.
+
+    Raises:
+        DeployError: mmdeploy missing or of another release, or a config that is not an mmseg one (mmdeploy's
+            Cascade R-CNN export asserts class-agnostic box regression in every stage but the last, which the
+            PeLK detection configs do not have: their detector graph is pelk_mm's own, :class:`DetectorExport`).
+    """
+    from mmengine.config import Config
+
+    from pelk_mm.config import get_codebase
+    _mmdeploy()
+    from mmdeploy.apis import torch2onnx
+    h, w = (int(s) for s in shape)
+    model_cfg = Config.fromfile(config)
+    if cfg_options:
+        model_cfg.merge_from_dict(cfg_options)
+    codebase = get_codebase(model_cfg, config)
+    if codebase != 'mmseg':
+        raise DeployError(f'the mmdeploy route covers mmseg segmentors; {config} is a {codebase} config: export '
+                          f'it with tools/deploy/export_onnx.py (pelk_mm\'s own graph)')
+    deploy_cfg = Config(dict(
+        onnx_config=dict(type='onnx', export_params=True, keep_initializers_as_inputs=False, opset_version=opset,
+                         save_file=osp.basename(path), input_names=['input'], output_names=['output'],
+                         input_shape=[w, h], optimize=False),
+        codebase_config=dict(type='mmseg', task='Segmentation', with_argmax=False),
+        backend_config=dict(type='onnxruntime')))
+    import numpy as np
+    image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    from pelk_mm.ops import export_conv_form
+    with mmdeploy_fixes(), export_conv_form('dense'), warnings.catch_warnings(), quiet_mmengine():
+        warnings.simplefilter('ignore')
+        torch2onnx(image, osp.dirname(osp.abspath(path)), osp.basename(path), deploy_cfg, model_cfg, checkpoint,
+                   device='cpu')
+    return path

@@ -3,7 +3,7 @@
 
     python tools/deploy/export_onnx.py CONFIG CKPT OUT.onnx [--output classifier|segmentor|detector|backbone]
                                        [--shape H W] [--conv-form structured|dense] [--deployed] [--no-check]
-                                       [--val] [--cfg-options K=V ...]
+                                       [--val] [--mmdeploy] [--threads N] [--cfg-options K=V ...]
 
 CKPT is a train-form checkpoint (converted on the fly with ``switch_to_deploy``) or, with ``--deployed``, a
 deploy-form one written by ``tools/deploy/convert_to_deploy.py``. Every graph takes the normalised image
@@ -23,6 +23,11 @@ export (``--shape``). ``--output`` (default: the config's task):
   (``GridSample``) are in the graph. ``--shape`` is required: the padded test image size (an image resized to
   less is padded bottom-right to it, e.g. 1344 1344 for COCO's 1333x800 keep-ratio resize).
 * ``backbone``: ``input (batch, 3, H, W) -> feat0 ... featN``, the backbone's outputs.
+
+``--mmdeploy`` (segmentor): the graph is written by mmdeploy 1.3 (``mmdeploy.apis.torch2onnx``, onnxruntime
+backend, logits as ``output``; an optional extra: ``pip install --no-deps mmdeploy==1.3.1 aenum multiprocess
+dill``) with pelk_mm's version-checked fixes for torch 2.x (:func:`pelk_mm.deploy_tasks.mmdeploy_fixes`); the
+checks and ``--val`` are the same.
 
 ``--conv-form`` (default ``structured``): how the peripheral conv is written
 
@@ -58,8 +63,8 @@ from pelk_mm.config import get_codebase  # noqa: E402
 from pelk_mm.deploy import (CONV_FORMS, build_model, check_onnx, export_onnx, exportable,  # noqa: E402
                             load_weights, onnx_op_types, require_onnxruntime)
 from pelk_mm.deploy_tasks import (OUTPUTS, TASK_OUTPUTS, check_task_onnx, default_output,  # noqa: E402
-                                  default_shape, evaluate_onnx, export_task, quiet_mmengine,
-                                  task_module)
+                                  default_shape, evaluate_onnx, export_task, mmdeploy_export,
+                                  quiet_mmengine, task_module)
 
 #: relative error above which the onnxruntime check fails (float32)
 TOLERANCE = 1e-4
@@ -90,6 +95,9 @@ def parse_args(argv=None):
     p.add_argument('--val', action='store_true',
                    help='also score PyTorch and onnxruntime on the config\'s validation set (its evaluator)')
     p.add_argument('--threads', type=int, default=1, help='onnxruntime intra-op threads (checks, --val)')
+    p.add_argument('--mmdeploy', action='store_true',
+                   help='segmentor only: write the graph with mmdeploy 1.3 (optional extra) instead of pelk_mm\'s '
+                        'exporter')
     add_config_tool_args(p)
     args = parse_tool_args(p, argv)
     return args
@@ -97,13 +105,15 @@ def parse_args(argv=None):
 
 def _task_line(args, output: str, shape, in_names, out_names, result) -> str:
     ops = onnx_op_types(args.out)
+    batch = '1' if output == 'detector' or args.mmdeploy else 'batch'
+    form = 'dense, by mmdeploy' if args.mmdeploy else args.conv_form
     text = (f'wrote {args.out}: {output} ({", ".join(in_names)} -> {", ".join(out_names)}), input '
-            f'({"1" if output == "detector" else "batch"}, 3, {shape[0]}, {shape[1]}), conv form {args.conv_form}, '
+            f'({batch}, 3, {shape[0]}, {shape[1]}), conv form {form}, '
             f'{len(ops)} operator types ({", ".join(o for o in ops if o in NOTABLE_OPS)} among them)')
     if result is None:
         return text
     if output != 'detector':
-        return text + f'; onnxruntime vs PyTorch (batch 2): max relative error {result["max_rel_err"]:.2e}'
+        return text + f'; onnxruntime vs PyTorch: max relative error {result["max_rel_err"]:.2e}'
     if 'max_box_err' not in result:
         return text + (f'; onnxruntime vs PyTorch on a random image: {int(result["num_dets_ort"])} vs '
                        f'{int(result["num_dets"])} detections')
@@ -153,6 +163,10 @@ def main(argv=None) -> int:
         raise DeployError(f'--output {output} needs a {[c for c, o in TASK_OUTPUTS.items() if o == output][0]} '
                           f'config; {args.config} is a {codebase} config: use --output {default_output(codebase)} '
                           f'or --output backbone')
+    if args.mmdeploy and output != 'segmentor':
+        raise DeployError(f'--mmdeploy covers the segmentor graph; --output {output} is pelk_mm\'s own export '
+                          f'(mmdeploy 1.3\'s Cascade R-CNN export asserts class-agnostic box regression, the '
+                          f'PeLK detection configs regress per class)')
     if args.val and output == 'backbone':
         raise DeployError('--val scores a task graph; --output backbone has no predictions to score')
     shape = tuple(args.shape) if args.shape else default_shape(cfg, output)
@@ -182,7 +196,11 @@ def main(argv=None) -> int:
                                   f'and report it)')
     else:
         module = task_module(model, output)
-        in_names, out_names = export_task(module, args.out, output, shape, args.conv_form, args.opset)
+        if args.mmdeploy:
+            mmdeploy_export(args.config, args.checkpoint, args.out, shape, args.cfg_options, args.opset)
+            in_names, out_names = ['input'], ['output']
+        else:
+            in_names, out_names = export_task(module, args.out, output, shape, args.conv_form, args.opset)
         result = None if args.no_check else check_task_onnx(args.out, module, output, shape, threads=args.threads)
         print(_task_line(args, output, shape, in_names, out_names, result))
         if result is not None:
