@@ -51,7 +51,7 @@ def conv_inputs(model, x):
 @pytest.mark.parametrize('deploy', [False, True])
 def test_mmengine_flop_counter_sees_the_structured_cost(deploy):
     """The stock counter: no unsupported pelk_mm operator, and each peripheral conv's 'conv' FLOPs are its small
-    branch's plus exactly ``N C H W Gh Gw`` (the k' x k' contraction, cropped to the map), batch included."""
+    branch's plus exactly ``N C H W (Gh + 1) Gw`` (the k' x k' contraction, cropped to the map), batch included."""
     from mmengine.analysis import FlopAnalyzer, get_model_complexity_info
     model = tiny_pelk()
     if deploy:
@@ -72,10 +72,11 @@ def test_mmengine_flop_counter_sees_the_structured_cost(deploy):
             small = sum(fa.by_module().get(f'{name}.{s}', 0) for s in ('small_conv', 'small_reparam'))
             structured = _impl_onnx.structured_macs(shape, grid)
             assert per_op[name]['conv'] - small == structured > 0, (name, shape, grid)
-    # stage 0 (16 x 16 map, K = 13 fits): the contraction is k'^2 per pixel, k' = len(grid)
+    # stage 0 (16 x 16 map, K = 13 fits): the contraction is (k' + 1) k' per pixel, k' = len(grid)
     name, (shape, grid) = next(iter(conv_inputs(model, torch.randn(1, 3, 64, 64)).items()))
     n, c, h, w = shape
-    assert _impl_onnx.structured_macs(shape, grid) == n * c * h * w * len(grid) ** 2 < n * c * h * w * 13 ** 2
+    k = len(grid)
+    assert _impl_onnx.structured_macs(shape, grid) == n * c * h * w * (k + 1) * k < n * c * h * w * 13 ** 2
 
 
 def test_torch_export_of_the_backbone():
