@@ -615,8 +615,9 @@ def evaluate_onnx(cfg, model: nn.Module, codebase: str, path: str, threads: int 
 def check_task_onnx(path: str, module: nn.Module, output: str, shape: Sequence[int], threads: int = 1,
                     seed: int = 0) -> Dict[str, float]:
     """Run the task graph in onnxruntime and ``module`` in PyTorch on one random input (batch 2 where the batch is
-    dynamic, else the graph's) and compare: ``{'max_rel_err': ...}`` for tensor outputs; for a detector ``num_dets`` (PyTorch),
-    ``num_dets_ort``, ``max_box_err`` (pixels), ``labels_equal`` and ``mask_iou`` (1.0 when both are empty)."""
+    dynamic, else the graph's) and compare: ``{'max_rel_err': ...}`` for tensor outputs; for a detector
+    ``num_dets`` (PyTorch), ``num_dets_ort``, ``max_box_err`` (pixels), ``labels_equal`` and ``mask_iou`` (1.0
+    when both are empty)."""
     sess = ort_session(path, threads)
     h, w = shape
     g = torch.Generator().manual_seed(seed)
