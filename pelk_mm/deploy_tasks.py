@@ -551,10 +551,16 @@ def _val_loader_and_evaluators(cfg):
     return loader, evaluators
 
 
+#: warnings a codebase gives while building a model that neither an export nor a conversion can act on (mmseg's
+#: heads call its own deprecated ``build_loss``; the loss's ``avg_non_ignore`` notice concerns training only)
+_BUILD_WARNINGS = (r'``build_loss`` would be deprecated', r'Default ``avg_non_ignore`` is False')
+
+
 @contextlib.contextmanager
 def quiet_mmengine():
-    """Within the block, the current mmengine logger shows warnings and errors only: the init-weight reports of
-    model building and CocoMetric's tables stay out of a tool's one-line output."""
+    """Within the block, the current mmengine logger shows warnings and errors only, and the codebases' build-time
+    notices of :data:`_BUILD_WARNINGS` are not shown: the init-weight reports of model building, the checkpoint
+    loader's notice and CocoMetric's tables stay out of a tool's one-line output."""
     import logging
 
     from mmengine.logging import MMLogger
@@ -562,7 +568,10 @@ def quiet_mmengine():
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            for message in _BUILD_WARNINGS:
+                warnings.filterwarnings('ignore', message=message)
+            yield
     finally:
         logger.setLevel(level)
 
