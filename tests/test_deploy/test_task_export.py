@@ -165,6 +165,22 @@ def test_export_tool_refuses_in_one_line(tmp_path, config, extra, expected):
     assert not (tmp_path / 'x.onnx').exists()
 
 
+def test_export_tool_prints_its_answer(tmp_path):
+    """The tool's whole output is its summary line: no init-weight report, loader notice or mmseg build warning."""
+    import os
+    import subprocess
+    import sys
+    _, model = _build(SEG, 4, deploy_form=False)
+    ckpt, out = str(tmp_path / 'seg.pth'), str(tmp_path / 'seg.onnx')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    proc = subprocess.run([sys.executable, 'tools/deploy/export_onnx.py', SEG, ckpt, out], cwd=ROOT, text=True,
+                          capture_output=True, env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = (proc.stdout + proc.stderr).splitlines()
+    assert len(printed) == 1 and printed[0].startswith(f'wrote {out}: segmentor'), printed[:6]
+    assert 'onnxruntime vs PyTorch: max relative error' in printed[0]
+
+
 def test_bench_deploy_task_table(tmp_path, capsys):
     """benchmarks/bench_deploy.py --tasks classifier --no-backbone: the classifier graph timed against PyTorch
     (train form, deployed) in one interleaved run, a markdown table and JSON with onnxruntime's difference."""

@@ -19,10 +19,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import pelk_mm  # noqa: E402,F401  (compat patches, pelk_mm.PeLK)
 
 from pelk_mm.apis.cli import run_main  # noqa: E402
+from pelk_mm.apis.console import quiet_console  # noqa: E402
 from pelk_mm.apis.launch import add_config_tool_args, parse_tool_args  # noqa: E402
 from pelk_mm.errors import DeployError  # noqa: E402
 from pelk_mm.analysis.builder import load_cfg  # noqa: E402
 from pelk_mm.deploy import convert_checkpoint  # noqa: E402
+from pelk_mm.deploy_tasks import quiet_mmengine  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,7 +44,12 @@ def main(argv=None) -> int:
     cfg = load_cfg(args.config, args.cfg_options)
     if osp.abspath(args.out) == osp.abspath(args.checkpoint):
         raise DeployError(f'OUT {args.out!r} is the input checkpoint; write the deploy form to another file')
-    r = convert_checkpoint(cfg, args.checkpoint, args.out, tuple(args.check_shape))
+    from mmengine.logging import MMLogger
+    # NOTE: quiet_mmengine drops the builder's init-weight report (one record per tensor, twice) and the loader's
+    # notices; the console filter drops mmengine's warnings about its own FileClient, which save_checkpoint uses
+    with quiet_mmengine():
+        quiet_console(MMLogger.get_current_instance())
+        r = convert_checkpoint(cfg, args.checkpoint, args.out, tuple(args.check_shape))
     print(f'{r["codebase"]}: wrote {args.out} (deploy form; load it with --cfg-options model.backbone.deploy=True)')
     print(f'params: train form {r["params_train"] / 1e6:.3f} M, deploy form {r["params_deploy"] / 1e6:.3f} M')
     print(f'backbone check at {args.check_shape[0]}x{args.check_shape[1]}: deployed vs train form max rel err '

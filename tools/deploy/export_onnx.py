@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                           f'(the graph\'s input size is fixed)')
     with quiet_mmengine():  # the builder's init-weight report, one line per tensor
         model, codebase = build_model(cfg, deploy=args.deployed)
-    load_weights(model, args.checkpoint)
+        load_weights(model, args.checkpoint)
     reference = copy.deepcopy(model) if args.val else None  # the model as tools/test.py evaluates it
     if not args.deployed:
         model.backbone.switch_to_deploy()
