@@ -38,6 +38,35 @@ def _keep_bn_running_stats(module: nn.Module):
                 m.num_batches_tracked.copy_(count)
 
 
+def _grad_in_canonical_strides(grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` with the plain contiguous strides of its shape, when it is contiguous with other strides.
+
+    A parameter with a size-1 dimension, such as a depthwise conv weight ``(C, 1, k, k)``, whose conv sees
+    channels-last activations (:class:`LayerNorm2d` hands those out, and the blocks keep them) gets its gradient in
+    channels-last strides ``(k*k, 1, k, 1)``: the memory order of the parameter's ``(k*k, k*k, k, 1)``, only the
+    stride of the size-1 dimension differs. Autograd keeps such a gradient as it is, but DDP compares strides exactly
+    and warns "Grad strides do not match bucket view strides". Re-striding the view costs nothing.
+    """
+    if grad.layout != torch.strided or not grad.is_contiguous():
+        return grad
+    strides, step = [], 1
+    for size in reversed(grad.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    strides = tuple(reversed(strides))
+    return grad if grad.stride() == strides else grad.as_strided(grad.shape, strides)
+
+
+def _canonical_grad_strides(module: nn.Module) -> None:
+    """Give every parameter of ``module`` with a size-1 dimension the :func:`_grad_in_canonical_strides` hook
+    (parameters without one get their gradients in their own layout from autograd)."""
+    for param in module.parameters():
+        hooks = getattr(param, '_backward_hooks', None) or {}
+        if param.requires_grad and param.dim() > 1 and 1 in param.shape and \
+                _grad_in_canonical_strides not in hooks.values():
+            param.register_hook(_grad_in_canonical_strides)
+
+
 class PeLKBlock(BaseModule):
     """One PeLK block: partial peripheral conv -> LN -> Linear(4C) -> GELU -> Linear(C) -> layer scale -> drop path,
     with a residual connection (SLaK/ConvNeXt block with PeLK's token mixer).
@@ -298,6 +327,7 @@ class PeLK(BaseModule):
             self.stages.append(PeLKStage(blocks, kpe_shape, kpe_std))
             if i in self.out_indices:
                 self.add_module(f'norm{i}', LayerNorm2d(channels))
+        _canonical_grad_strides(self)
         self._freeze_stages()
 
     # ------------------------------------------------------------------ argument parsing
@@ -409,6 +439,7 @@ class PeLK(BaseModule):
             if self.kpe_mode != 'input':
                 stage.kpe = None
         self.deploy = True
+        _canonical_grad_strides(self)  # the deploy form's new parameters
         self._freeze_stages()
 
     # ------------------------------------------------------------------ layer-wise lr decay
