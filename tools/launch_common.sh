@@ -24,6 +24,9 @@ usage_unless() {
 torchrun_tool() {
     local nproc=$1 tool=$2
     shift 2
+    # torchrun and mmengine set both to 1 for a multi-process job when they are unset, each with a warning banner
+    # per process; set the same values first (CPU runs still get their thread count from the launcher)
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
     exec "$PYTHON" -m pelk_mm.apis.torchrun \
         --nnodes="${NNODES:-1}" \
         --node_rank="${NODE_RANK:-0}" \
