@@ -15,5 +15,8 @@ _base_ = [
 env_cfg = dict(dist_cfg=dict(timeout=_base_.dist_timeout))  # a stalled collective fails the run
 
 custom_hooks = [_base_.ema_hook, *_base_.pelk_hooks, _base_.sparsity_hook]
-visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
+# spelt whole (_delete_): the `mmpretrain::` base tags its visualizer with `_scope_`, which mmpretrain's
+# tools/visualization/browse_dataset.py passes to UniversalVisualizer(...) as an argument
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'))
