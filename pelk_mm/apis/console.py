@@ -27,6 +27,7 @@ _FILE_ONLY_PREFIXES = (
     'Config:',  # the merged config, hundreds of lines
     'Hooks will be executed in the following order',
     'paramwise_options -- ',  # one line per parameter group (layer-wise decay, no-decay norms)
+    'LayerDecayOptimWrapperConstructor: ',  # pelk_mm's table of the layer-wise lr groups, a line per group
     'Exp name:',  # repeated at every epoch
     'The previous best checkpoint',  # save_best rotating its own file
     'Loads checkpoint by',  # mmengine's loader-name notice
