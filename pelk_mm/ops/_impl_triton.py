@@ -34,9 +34,14 @@ _MAX_BW = 32  # output columns per program
 _GRAD_W_PROGRAMS = 1024  # grad-weight: images per program chosen so that about this many programs run
 
 
+# NOTE: looked up once at import: `supports()` runs inside torch.compile traces, and torch 2.11's dynamo refuses to
+# trace `importlib.util.find_spec` (a fullgraph compile would fail on it)
+_TRITON_FOUND = importlib.util.find_spec('triton') is not None
+
+
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported."""
-    return importlib.util.find_spec('triton') is not None
+    return _TRITON_FOUND
 
 
 def interpreter_mode() -> bool:

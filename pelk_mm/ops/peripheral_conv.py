@@ -171,7 +171,17 @@ def is_export_trace() -> bool:
     # NOTE: the TorchScript exporter traces with the jit and the dynamo exporter captures with torch.export, so the
     # first two checks cover both; the ONNX flag (the documented signal, but 3 us a call: it imports inside) comes
     # last, for a capture path that sets neither. torch.compile sets none of the three.
-    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+    return bool(torch.jit.is_tracing() or _is_exporting() or torch.onnx.is_in_onnx_export())
+
+
+def _is_exporting() -> bool:
+    """Whether ``torch.export`` is capturing (strict or not), and not merely ``torch.compile``."""
+    # NOTE: dynamo folds a call of `torch.compiler.is_exporting()` to a constant, and torch 2.11 folds it to True in
+    # every dynamo trace, so under torch.compile the op would lower to standard operators instead of running its
+    # kernel. torch.export sets the flag that the function returns; read directly, it is False under torch.compile
+    # on every version.
+    flag = getattr(torch.compiler, '_is_exporting_flag', None)
+    return bool(flag) if isinstance(flag, bool) else torch.compiler.is_exporting()
 
 
 def _export_choice(impl: str) -> ConvImpl:

@@ -194,3 +194,32 @@ def test_compile_fullgraph_before_any_eager_call():
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-1] == 'True', proc.stdout
+
+
+
+def test_export_trace_follows_torch_exports_flag_not_is_exporting(monkeypatch):
+    """Whether the op lowers itself is decided by the flag ``torch.export`` sets, not by ``torch.compiler.
+    is_exporting()``, which torch 2.11's dynamo answers with True in every ``torch.compile`` trace (so compiled
+    models would run the standard-operator lowering instead of the kernels)."""
+    monkeypatch.setattr(torch.compiler, 'is_exporting', lambda: True)  # torch 2.11's answer inside torch.compile
+    assert not is_export_trace()
+    monkeypatch.setattr(torch.compiler, '_is_exporting_flag', True)  # what torch.export sets while it captures
+    assert is_export_trace()
+
+
+def test_compile_keeps_the_kernel_and_export_lowers():
+    """``torch.compile`` traces the op as its custom-op call; ``torch.export`` of the same model lowers it."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm
+
+    model = OneConv()
+    x = torch.randn(2, 4, 9, 8)
+    y = torch.compile(model, backend=capture, fullgraph=True)(x)
+    assert graphs and 'pelk_mm.periconv' in graphs[0] and 'cumsum' not in graphs[0], graphs
+    assert rel_err(y, 2 * ref_conv(x, model.weight, GRID)) < 1e-5
+    program = torch.export.export(model, (x,))
+    assert 'cumsum' in str(program.graph) and 'periconv' not in str(program.graph)
