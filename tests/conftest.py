@@ -5,8 +5,9 @@ each test file stays on one worker, so module/session fixtures and tests that bu
 (e.g. the 2-process reference run in ``reliability/test_kill_resume.py``) keep working. With two workers on a
 2-core machine, each worker and the tools it launches get one OpenMP thread; more only oversubscribes the cores.
 
-Every test's mmengine Runners are independent of other tests': mmengine keeps its ``MessageHub``, ``MMLogger`` and
-``Visualizer`` instances by name for the whole process, and a Runner whose experiment name another test's Runner
+Every test's mmengine Runners are independent of other tests': mmengine keeps its ``MessageHub``, ``MMLogger``,
+``Visualizer`` and ``DefaultScope`` instances by name for the whole process (the newest ``DefaultScope`` decides
+which codebase's registry an unscoped type is looked up in), and a Runner whose experiment name another test's Runner
 used (an explicit name, or the default timestamp of the same second) would pick up that test's message hub (its
 best score, its checkpoint ids). The instances a test creates are dropped when it ends.
 """
@@ -23,12 +24,14 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 
 
 def _mmengine_instance_dicts():
-    """``{class: its instance dict}`` of mmengine's MessageHub, MMLogger and Visualizer (and subclasses)."""
+    """``{class: its instance dict}`` of mmengine's MessageHub, MMLogger, Visualizer and DefaultScope (and
+    subclasses)."""
     if 'mmengine' not in sys.modules:
         return {}
     from mmengine.logging import MessageHub, MMLogger
+    from mmengine.registry import DefaultScope
     from mmengine.visualization import Visualizer
-    found, todo = {}, [MessageHub, MMLogger, Visualizer]
+    found, todo = {}, [MessageHub, MMLogger, Visualizer, DefaultScope]
     while todo:
         cls = todo.pop()
         found[cls] = cls._instance_dict
@@ -38,7 +41,7 @@ def _mmengine_instance_dicts():
 
 @pytest.fixture(autouse=True)
 def independent_runners():
-    """Drop the mmengine instances (message hubs, loggers, visualizers) that the test created."""
+    """Drop the mmengine instances (message hubs, loggers, visualizers, default scopes) that the test created."""
     before = {cls: set(d) for cls, d in _mmengine_instance_dicts().items()}
     yield
     for cls, instances in _mmengine_instance_dicts().items():

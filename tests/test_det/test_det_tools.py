@@ -46,7 +46,8 @@ def test_demo_train_test_show_dir(tmp_path, repo_root, det_config_path):
     config = det_config_path('demo')
     work = str(tmp_path / 'work')
     _run(['tools/train.py', config, '--work-dir', work, '--cfg-options', 'train_cfg.max_epochs=4',
-          'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4'], cwd=repo_root)
+          'param_scheduler.1.milestones=[2,3]', 'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4'],
+         cwd=repo_root)
     ckpt = osp.join(work, 'epoch_4.pth')
     assert osp.isfile(ckpt)
     out = _run(['tools/test.py', config, ckpt, '--work-dir', str(tmp_path / 'test'), '--show-dir', 'vis'], cwd=repo_root)
