@@ -9,8 +9,10 @@ Applied on ``import pelk_mm`` (so every entry point that imports pelk_mm, includ
    torch >= 2.6, so Runner checkpoints do not load) or, for URLs, ``torch.hub.load_state_dict_from_url`` with
    ``weights_only=False`` (any pickle runs). Every scheme now goes through
    :func:`pelk_mm.checkpoint.load_checkpoint_file`: CRC-verified, ``weights_only=True`` with a data-type allow-list,
-   an explicit opt-in for trusted legacy files. Applied on any mmengine version (either upstream form is unsafe or
-   fails on Runner checkpoints); another version gets a one-line warning.
+   unpickled beyond it only when the user's trust names that file. URLs are downloaded with a timeout into a cache
+   keyed on the whole URL (:func:`pelk_mm.checkpoint.download_checkpoint`; torch hub keys it on the file name).
+   Applied on any mmengine version (either upstream form is unsafe or fails on Runner checkpoints); another version
+   gets a one-line warning.
 2. **Atomic checkpoint writes** -- replaces ``LocalBackend.put`` / ``put_text`` (a plain ``open(path, 'wb')``, so a
    kill while saving leaves a truncated file that ``--resume`` then picks) by temp file + fsync + rename.
 3. **RoIAlign on channels-last maps** -- mmcv 2.1's CPU ``RoIAlign`` kernel indexes the feature map as
@@ -22,6 +24,10 @@ Applied on ``import pelk_mm`` (so every entry point that imports pelk_mm, includ
 7. **Checkpoint removals stay in the run's folder** -- ``CheckpointHook`` removes the previous best checkpoint by the
    path restored from the resumed checkpoint's message hub, which names another work dir after ``--resume
    A/epoch_2.pth --work-dir B`` or in a ``cp -r`` copy; the hook now removes only files inside its own folder.
+8. **Plain-data checkpoints** -- mmengine's ``save_checkpoint`` pickles the message hub's ``HistoryBuffer`` objects
+   and numpy values, which torch's default ``torch.load(path)`` (``weights_only=True``) refuses, so stock tools
+   (mmpretrain's ``publish_model.py``, ``reparameterize_model.py``) fail on every Runner checkpoint. It now writes
+   :func:`pelk_mm.checkpoint.plain_checkpoint` data (tensors and builtins); the loader restores the objects.
 
 Applied by the project's launchers only (:func:`apply_launcher_patches`, called by ``tools/train.py`` /
 ``tools/test.py``), since only ``tools/dist_*.sh`` on CPU-only machines needs them:
@@ -45,7 +51,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint_file, path_inside
+from .checkpoint import atomic_write, load_checkpoint_file, path_inside, plain_checkpoint
 from .errors import DataFileError
 
 __all__ = ['apply', 'apply_launcher_patches', 'elastic_attempt_store', 'WRITTEN_FOR']
@@ -94,28 +100,10 @@ def _load_local(filename: str, map_location=None):
     return load_checkpoint_file(filename, map_location=map_location)
 
 
-def _download(url: str, model_dir: Optional[str] = None) -> str:
-    """The local copy of ``url`` in torch hub's checkpoint folder (downloaded by local rank 0 first)."""
-    from urllib.parse import urlparse
-
-    from mmengine.dist import get_dist_info
-    from torch.hub import download_url_to_file, get_dir
-
-    model_dir = model_dir or os.path.join(get_dir(), 'checkpoints')
-    os.makedirs(model_dir, exist_ok=True)
-    cached = os.path.join(model_dir, os.path.basename(urlparse(url).path))
-    rank, world_size = get_dist_info()
-    if rank == 0 and not os.path.exists(cached):
-        download_url_to_file(url, cached, progress=False)
-    if world_size > 1:
-        torch.distributed.barrier()
-        if not os.path.exists(cached):  # another node's ranks: their own copy
-            download_url_to_file(url, cached, progress=False)
-    return cached
-
-
 def _load_http(filename: str, map_location=None, model_dir: Optional[str] = None):
-    return load_checkpoint_file(_download(filename, model_dir), map_location=map_location, name=filename)
+    """A URL: downloaded with a timeout into a cache keyed on the whole URL, removed again if it is damaged
+    (:func:`pelk_mm.checkpoint.download_checkpoint`), then loaded safely."""
+    return load_checkpoint_file(filename, map_location=map_location, model_dir=model_dir)
 
 
 def _load_torchvision(filename: str, map_location=None):
@@ -178,6 +166,30 @@ def _patch_checkpoint_loading() -> None:
     for prefixes, loader in SAFE_LOADERS.items():
         CheckpointLoader.register_scheme(prefixes=list(prefixes) if isinstance(prefixes, tuple) else prefixes,
                                          loader=loader, force=True)
+
+
+def _patch_plain_checkpoints() -> None:
+    """mmengine's ``save_checkpoint`` (called by ``Runner.save_checkpoint``, the deploy converter ...) pickles the
+    message hub's ``HistoryBuffer`` objects and numpy values as they are, which torch's default ``torch.load(path)``
+    refuses. The checkpoint is written as :func:`pelk_mm.checkpoint.plain_checkpoint` data instead (after every
+    ``before_save_checkpoint`` hook ran); :func:`pelk_mm.checkpoint.load_checkpoint_file` restores the objects."""
+    import mmengine.runner as runner_package
+    import mmengine.runner.checkpoint as checkpoint_module
+    import mmengine.runner.runner as runner_module
+
+    version_matches('mmengine', 'plain-data checkpoints')  # applied on any version: the argument is a dict
+    original = checkpoint_module.save_checkpoint
+    if getattr(original, '_pelk_mm_plain', False):
+        return
+
+    def save_plain_checkpoint(checkpoint, filename, *args, **kwargs):
+        return original(plain_checkpoint(checkpoint, str(filename)), filename, *args, **kwargs)
+
+    save_plain_checkpoint.__doc__ = original.__doc__
+    save_plain_checkpoint._pelk_mm_plain = True
+    for module in (checkpoint_module, runner_package, runner_module):  # the names it is imported under
+        if getattr(module, 'save_checkpoint', None) is original:
+            module.save_checkpoint = save_plain_checkpoint
 
 
 # --------------------------------------------------------------------------------------------------- 2. writing
@@ -404,8 +416,9 @@ def _patch_cpu_launcher() -> None:
 
 
 def apply() -> None:
-    """The patches every entry point needs (1-3, 6, 7); idempotent."""
+    """The patches every entry point needs (1-3, 6-8); idempotent."""
     _once('checkpoint loading', _patch_checkpoint_loading)
+    _once('plain checkpoints', _patch_plain_checkpoints)
     _once('atomic writes', _patch_atomic_writes)
     _once('checkpoint removals', _patch_checkpoint_removals)
     _once('roi align', _patch_roi_align)

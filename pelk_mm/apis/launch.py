@@ -68,13 +68,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_trust_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
-    """``--trust-checkpoint``: the explicit opt-in for checkpoints that need more than the safe allow-list."""
+    """``--trust-checkpoint [PATH_OR_SHA256]`` (repeatable): the checkpoints that may need more than the safe
+    allow-list, each named; without a value, the checkpoint given to the tool (see :func:`apply_trust_checkpoint`)."""
     from pelk_mm.checkpoint import TRUST_ENV
     parser.add_argument(
-        '--trust-checkpoint', action='store_true',
-        help=f'load checkpoints that the safe loader refuses (they need pickled globals beyond tensors and plain '
-             f'data, so unpickling them can run code): only for files whose source you trust. Same as '
-             f'{TRUST_ENV}=1; each such load is logged as a warning')
+        '--trust-checkpoint', nargs='?', action='append', const='', metavar='PATH_OR_SHA256',
+        help=f'load this checkpoint although the safe loader refuses it (it needs pickled globals beyond tensors '
+             f'and plain data, so unpickling it can run code): only for a file whose source you trust. It names one '
+             f'file: a path, sha256:<hex digest> of its content, or an exact URL; repeat it for more. Without a '
+             f'value: the checkpoint given to this tool (test.py\'s CHECKPOINT, --checkpoint, --resume PATH). Every '
+             f'other checkpoint the run loads is still refused. Same as {TRUST_ENV}=PATH (several separated by '
+             f'{os.pathsep!r}); each such load is logged as a warning')
 
 
 def add_config_tool_args(parser: argparse.ArgumentParser) -> None:
@@ -91,10 +95,36 @@ def parse_tool_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str
 
 
 def apply_trust_checkpoint(args) -> None:
-    """Turn ``--trust-checkpoint`` into the environment switch the loader reads (inherited by worker processes)."""
-    if getattr(args, 'trust_checkpoint', False):
-        from pelk_mm.checkpoint import set_trust_checkpoints
-        set_trust_checkpoints(True)
+    """Add the checkpoints ``--trust-checkpoint`` names to the environment list the loader reads (inherited by worker
+    processes, so ``tools/dist_*.sh`` workers trust the same files).
+
+    Each value is normalised by :func:`pelk_mm.checkpoint.trust_entry` (a real path, ``sha256:<hex>`` or the URL);
+    a bare flag stands for the checkpoint the tool is given (``args.checkpoint``, else ``--resume PATH``). A value
+    that names nothing, a bare flag where the tool is given no checkpoint, or the old
+    ``PELK_MM_TRUST_CHECKPOINTS=1`` is one ``error:`` line on stderr and exit status 2 (as argparse's errors)."""
+    import sys
+
+    from pelk_mm.checkpoint import set_trust_checkpoints, trust_entry, trusted_entries
+    from pelk_mm.errors import CheckpointLoadError, exit_code, format_user_error
+    values = getattr(args, 'trust_checkpoint', None)
+    values = [''] if values is True else list(values or [])
+    try:
+        entries = list(trusted_entries())
+        for value in values:
+            if value == '':
+                resume = getattr(args, 'resume', None)
+                value = getattr(args, 'checkpoint', None) or (resume if resume not in (None, 'auto') else None)
+                if not value:
+                    raise CheckpointLoadError(
+                        '--trust-checkpoint without a value names the checkpoint given to the tool, and this '
+                        'command gives none. Fix: name the file you trust: --trust-checkpoint /path/to/file.pth '
+                        '(or sha256:<hex digest>, or its exact URL)')
+            entries.append(trust_entry(value))
+    except CheckpointLoadError as err:
+        print(format_user_error(err), file=sys.stderr, flush=True)
+        raise SystemExit(exit_code(err)) from None
+    if values:
+        set_trust_checkpoints(entries)
 
 
 def build_train_parser() -> argparse.ArgumentParser:

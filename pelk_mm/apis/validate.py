@@ -269,8 +269,9 @@ def resolve_resume(cfg) -> List[str]:
     if not work_dir:
         return notes
     marker = osp.join(work_dir, 'last_checkpoint')
+    from pelk_mm.checkpoint import links_elsewhere  # a symlink to another run's checkpoint is not this run's
     candidates = [p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
-                  if re.match(r'(epoch|iter)_\d+\.pth$', osp.basename(p))]
+                  if re.match(r'(epoch|iter)_\d+\.pth$', osp.basename(p)) and not links_elsewhere(p, work_dir)]
     candidates.sort(key=_step_of, reverse=True)
     if not osp.exists(marker):
         if not glob.glob(osp.join(glob.escape(work_dir), '*.pth')):

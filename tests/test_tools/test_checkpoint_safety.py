@@ -4,8 +4,11 @@ A malicious checkpoint (its unpickling calls ``open(marker, 'w')``) is refused t
 project offers -- the loader, mmengine's ``load_checkpoint`` and ``init_cfg=Pretrained`` of the three codebases, URLs,
 ``tools/test.py``, ``tools/dist_test.sh``, ``--resume CKPT``, ``--resume`` via ``last_checkpoint``, ``load_from`` and
 the analysis tools -- without creating the marker, with a non-zero exit and one line naming the file and the global.
-A bit flip inside a tensor record is refused; trusted legacy pickles load only with the explicit opt-in; and
-``import pelk_mm`` leaves torch's own safety and mmengine's launcher as they are.
+A bit flip inside a tensor record is refused; trusted legacy pickles load only when the trust names them (more in
+``test_checkpoint_trust.py``); and ``import pelk_mm`` leaves torch's own safety and mmengine's launcher as they are.
+The work a file makes is bounded by the bytes it stores (a zero-stride tensor, a zip whose directory repeats a
+record); formats without checksums (torch's legacy pickle, safetensors) say that they cannot be verified; a
+``.safetensors`` file loads as a state dict; ``--resume`` never picks a symlink to another run's checkpoint.
 """
 import argparse
 import functools
@@ -173,10 +176,11 @@ def test_trusted_legacy_pickle_needs_the_opt_in(tmp_path, monkeypatch):
         load_checkpoint_file(str(path))
     warned = []
     monkeypatch.setattr(ckpt_mod, '_log_warning', warned.append)
-    monkeypatch.setenv(TRUST_ENV, '1')
+    monkeypatch.setenv(TRUST_ENV, str(path))
     loaded = load_checkpoint_file(str(path))
     assert loaded['meta']['args'].lr == 0.1 and torch.equal(loaded['state_dict']['w'], torch.arange(3.))
-    assert len(warned) == 1 and 'weights_only=False' in warned[0] and str(path) in warned[0]
+    trusted = [w for w in warned if 'weights_only=False' in w]
+    assert len(trusted) == 1 and str(path) in trusted[0]
 
 
 def test_plain_state_dict_of_another_model_loads(tmp_path):
@@ -362,13 +366,176 @@ def test_damaged_checkpoint_refused_and_resume_falls_back(run_dir, tools):
     assert 'resuming from the newest intact checkpoint' in out and str(wd / 'epoch_1.pth') in out
 
 
-def test_trust_variable_with_an_unclear_value_is_an_error(tmp_path, monkeypatch):
-    from pelk_mm.checkpoint import checkpoints_trusted
-    from pelk_mm.errors import CheckpointLoadError
+def test_trust_variable_naming_another_file_trusts_nothing_else(tmp_path, monkeypatch):
+    from pelk_mm.checkpoint import trusted_entries
     path, marker = _evil(tmp_path)
-    monkeypatch.setenv(TRUST_ENV, 'maybe')
-    with pytest.raises(CheckpointLoadError, match=f"{TRUST_ENV}='maybe' is neither on nor off"):
-        load_checkpoint_file(str(path))
+    for value in ('maybe', str(tmp_path / 'other.pth'), 'off', ''):
+        monkeypatch.setenv(TRUST_ENV, value)
+        with pytest.raises(UnsafeCheckpointError, match=re.escape(str(path))):
+            load_checkpoint_file(str(path))
     assert not marker.exists()
     monkeypatch.setenv(TRUST_ENV, 'off')
-    assert not checkpoints_trusted()
+    assert trusted_entries() == ()
+
+
+# --------------------------------------------------------------------------------------------------- bounded work
+def test_nonfinite_check_reads_each_storage_once(tmp_path):
+    """A zero-stride tensor of 10^11 elements stores one value: checking it costs one value, and the flags are the
+    tensors' own (a contiguous view of a storage with NaN elsewhere is finite)."""
+    code = '''
+import time, torch
+from pelk_mm.checkpoint import nonfinite_weights
+base = torch.tensor([float('nan'), 1., 2., 3.])
+weights = {'big': torch.zeros(1).expand(400000, 250000), 'bad': torch.full((1,), float('inf')).expand(400000, 250000),
+           'view': base[1:], 'whole': base, 'col': torch.tensor([[1., float('nan')], [2., 3.]])[:, 0],
+           'ok': torch.ones(3), 'ints': torch.zeros(1, dtype=torch.int64).expand(400000, 250000)}
+start = time.monotonic()
+flagged = nonfinite_weights(weights)
+assert time.monotonic() - start < 5, time.monotonic() - start
+print(sorted(flagged))
+'''
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # 'view' and 'col' share a storage with a NaN outside their own elements
+    assert r.stdout.strip().splitlines()[-1] == "['bad', 'whole']"
+
+
+def _repeat_last_central_record(path, times):
+    """Repeat the last central-directory entry of the zip at ``path`` ``times`` more times (same local record)."""
+    import struct
+    data = bytearray(path.read_bytes())
+    eocd = data.rfind(b'PK\x05\x06')
+    on_disk, total, cd_size, cd_offset = struct.unpack('<HHII', data[eocd + 8:eocd + 20])
+    cd = bytes(data[cd_offset:cd_offset + cd_size])
+    entry = cd[cd.rfind(b'PK\x01\x02'):]
+    tail = data[eocd:]
+    tail[8:20] = struct.pack('<HHII', on_disk + times, total + times, cd_size + len(entry) * times, cd_offset)
+    path.write_bytes(bytes(data[:cd_offset]) + cd + entry * times + bytes(tail))
+
+
+def _with_deflated_zeros(src, dst, size):
+    """``src`` (a torch zip checkpoint) plus one deflated record of ``size`` zero bytes."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w') as zout:
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info.filename))
+        prefix = zin.infolist()[0].filename.split('/')[0]
+        zout.writestr(f'{prefix}/padding', bytes(size), compress_type=zipfile.ZIP_DEFLATED)
+
+
+@pytest.mark.parametrize('repeats', [40, 0])
+def test_zip_whose_records_inflate_far_beyond_the_file_is_refused(tmp_path, repeats):
+    from pelk_mm.checkpoint import verify_checkpoint
+    genuine = tmp_path / 'genuine.pth'
+    torch.save({'state_dict': {'w': torch.arange(8.)}}, genuine)
+    path = tmp_path / 'bomb.pth'
+    _with_deflated_zeros(genuine, path, 32 << 20)
+    if repeats:
+        _repeat_last_central_record(path, repeats)
+        assert len(zipfile.ZipFile(path).infolist()) > repeats  # zipfile itself reads it
+    with pytest.raises(CorruptCheckpointError) as err:
+        verify_checkpoint(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and '\n' not in msg
+    assert ('repeats' in msg or 'overlap' in msg) if repeats else 'uncompressed' in msg
+    verify_checkpoint(str(genuine))
+
+
+def test_legacy_checkpoint_says_it_cannot_be_verified(tmp_path, monkeypatch):
+    import pelk_mm.checkpoint as ckpt_mod
+    path = tmp_path / 'legacy.pth'
+    torch.save({'state_dict': {'w': torch.arange(1024.)}}, path, _use_new_zipfile_serialization=False)
+    data = bytearray(path.read_bytes())
+    data[-2000:-1000] = b'\x3f' * 1000  # overwritten tensor data (finite values)
+    path.write_bytes(bytes(data))
+    warned = []
+    monkeypatch.setattr(ckpt_mod, '_log_warning', warned.append)
+    loaded = load_checkpoint_file(str(path))
+    assert not torch.equal(loaded['state_dict']['w'], torch.arange(1024.))  # no checksum could catch it
+    assert len(warned) == 1 and str(path) in warned[0] and 'cannot be verified' in warned[0]
+    load_checkpoint_file(str(path))
+    assert len(warned) == 1  # once per file
+
+
+def test_safetensors_file_loads_as_a_state_dict(tmp_path, monkeypatch):
+    import pelk_mm.checkpoint as ckpt_mod
+    from pelk_mm.errors import CheckpointLoadError
+    safetensors_torch = pytest.importorskip('safetensors.torch')
+    path = tmp_path / 'model.safetensors'
+    safetensors_torch.save_file({'w': torch.arange(4.), 'b': torch.ones(2, dtype=torch.float16)}, str(path))
+    warned = []
+    monkeypatch.setattr(ckpt_mod, '_log_warning', warned.append)
+    loaded = load_checkpoint_file(str(path))
+    assert torch.equal(loaded['w'], torch.arange(4.)) and loaded['b'].dtype == torch.float16
+    assert len(warned) == 1 and 'safetensors' in warned[0] and 'cannot be verified' in warned[0]
+    monkeypatch.setitem(sys.modules, 'safetensors', None)
+    monkeypatch.setitem(sys.modules, 'safetensors.torch', None)
+    with pytest.raises(CheckpointLoadError) as err:
+        load_checkpoint_file(str(path))
+    msg = str(err.value)
+    assert 'safetensors' in msg and 'pip install safetensors' in msg and 'truncated' not in msg and '\n' not in msg
+
+
+def test_resume_skips_a_symlink_to_another_runs_checkpoint(tmp_path):
+    from mmengine.config import Config
+
+    from pelk_mm.apis.validate import resolve_resume
+    other, work = tmp_path / 'other_task', tmp_path / 'work'
+    other.mkdir()
+    work.mkdir()
+    torch.save({'state_dict': {'w': torch.zeros(2)}, 'meta': {'epoch': 9}}, other / 'epoch_9.pth')
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'epoch': 2}}, work / 'epoch_2.pth')
+    (work / 'epoch_5.pth').symlink_to(other / 'epoch_9.pth')
+    (work / 'epoch_1.pth').symlink_to(work / 'epoch_2.pth')  # a link inside the work dir is its own file
+    cfg = Config(dict(resume=True, load_from=None, work_dir=str(work)))
+    resolve_resume(cfg)
+    assert cfg.load_from == str(work / 'epoch_2.pth')
+
+
+# --------------------------------------------------------------------------------------------------- the tools
+_GUARD = """
+_base_ = '{base}'
+custom_hooks = [dict(type='pelk_mm.NonFiniteGuardHook')]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('how', ['test.py', 'load_from', '--resume'])
+def test_zero_stride_tensor_does_not_stall_the_tools(run_dir, tools, how):
+    import time
+    cwd, work = run_dir
+    genuine = load_checkpoint_file(str(work / 'epoch_2.pth'))
+    genuine['state_dict']['backbone.expanded'] = torch.zeros(1).expand(400000, 250000)
+    path = cwd / f'expanded_{how.strip("-").replace(".", "_")}.pth'
+    torch.save(genuine, path)
+    assert path.stat().st_size < 4 << 20
+    config = cwd / 'tiny_guard.py'
+    config.write_text(_GUARD.format(base=tools.TINY_CLS))
+    train = [tools.PY, tools.REPO / 'tools/train.py', config, '--work-dir', cwd / f'w_{path.stem}',
+             '--cfg-options', 'train_cfg.max_epochs=3', 'train_dataloader.dataset.indices=16',
+             'val_dataloader.dataset.indices=6']
+    cmd = {'test.py': [tools.PY, tools.REPO / 'tools/test.py', config, path, '--work-dir', cwd / 'w_expanded_test'],
+           'load_from': train + [f'load_from={path}'],
+           '--resume': train + ['--resume', path]}[how]
+    start = time.monotonic()
+    r = tools.run(cmd, cwd=cwd, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert time.monotonic() - start < 120
+
+
+@pytest.mark.slow
+def test_tools_on_legacy_and_safetensors_checkpoints(run_dir, tools):
+    cwd, work = run_dir
+    genuine = load_checkpoint_file(str(work / 'epoch_2.pth'))
+    legacy = cwd / 'legacy_overwritten.pth'
+    torch.save(genuine, legacy, _use_new_zipfile_serialization=False)
+    r = tools.run([tools.PY, tools.REPO / 'tools/test.py', tools.TINY_CLS, legacy, '--work-dir', cwd / 'w_legacy'],
+                  cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'cannot be verified' in r.stdout + r.stderr and str(legacy) in r.stdout + r.stderr
+
+    safetensors_torch = pytest.importorskip('safetensors.torch')
+    path = cwd / 'tiny.safetensors'
+    safetensors_torch.save_file({k: v.contiguous() for k, v in genuine['state_dict'].items()}, str(path))
+    r = tools.run([tools.PY, tools.REPO / 'tools/test.py', tools.TINY_CLS, path, '--work-dir', cwd / 'w_st'], cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r'accuracy/top1: [0-9.]+', r.stdout + r.stderr)
