@@ -96,23 +96,25 @@ def _once(name: str, fn: Callable[[], None]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- 1. loading
-def _load_local(filename: str, map_location=None):
+# NOTE: the loaders keep mmengine's ``load_from_<scheme>`` names: ``CheckpointLoader.load_checkpoint`` logs
+# ``Loads checkpoint by {name[10:]} backend``, which reads the scheme from the function's name.
+def load_from_local(filename: str, map_location=None):
     return load_checkpoint_file(filename, map_location=map_location)
 
 
-def _load_http(filename: str, map_location=None, model_dir: Optional[str] = None):
+def load_from_http(filename: str, map_location=None, model_dir: Optional[str] = None):
     """A URL: downloaded with a timeout into a cache keyed on the whole URL, removed again if it is damaged
     (:func:`pelk_mm.checkpoint.download_checkpoint`), then loaded safely."""
     return load_checkpoint_file(filename, map_location=map_location, model_dir=model_dir)
 
 
-def _load_torchvision(filename: str, map_location=None):
+def load_from_torchvision(filename: str, map_location=None):
     from mmengine.runner.checkpoint import get_torchvision_models
     name = filename.split('://', 1)[1]
-    return _load_http(get_torchvision_models()[name], map_location=map_location)
+    return load_from_http(get_torchvision_models()[name], map_location=map_location)
 
 
-def _load_openmmlab(filename: str, map_location=None):
+def load_from_openmmlab(filename: str, map_location=None):
     import os.path as osp
 
     from mmengine.runner.checkpoint import _get_mmengine_home, get_deprecated_model_names, get_external_models
@@ -120,23 +122,23 @@ def _load_openmmlab(filename: str, map_location=None):
     name = get_deprecated_model_names().get(name, name)
     url = get_external_models()[name]
     if url.startswith(('http://', 'https://')):
-        return _load_http(url, map_location=map_location)
+        return load_from_http(url, map_location=map_location)
     return load_checkpoint_file(osp.join(_get_mmengine_home(), url), map_location=map_location)
 
 
-def _load_mmcls(filename: str, map_location=None):
+def load_from_mmcls(filename: str, map_location=None):
     from mmengine.runner.checkpoint import _process_mmcls_checkpoint, get_mmcls_models
-    checkpoint = _load_http(get_mmcls_models()[filename[len('mmcls://'):]], map_location=map_location)
+    checkpoint = load_from_http(get_mmcls_models()[filename[len('mmcls://'):]], map_location=map_location)
     return _process_mmcls_checkpoint(checkpoint)
 
 
-def _load_ceph(filename: str, map_location=None, backend: str = 'petrel'):
+def load_from_ceph(filename: str, map_location=None, backend: str = 'petrel'):
     from mmengine.fileio import get_file_backend
     data = get_file_backend(filename, backend_args={'backend': backend}).get(filename)
     return load_checkpoint_file(io.BytesIO(data), map_location=map_location, name=filename)
 
 
-def _load_pavi(filename: str, map_location=None):
+def load_from_pavi(filename: str, map_location=None):
     import tempfile
 
     from pavi import modelcloud  # noqa: F401 - the pavi client is optional, as in mmengine
@@ -149,13 +151,13 @@ def _load_pavi(filename: str, map_location=None):
 
 #: mmengine's scheme prefixes (``mmengine/runner/checkpoint.py``) -> the safe loader that replaces it
 SAFE_LOADERS = {
-    '': _load_local,
-    ('http://', 'https://'): _load_http,
-    ('modelzoo://', 'torchvision://'): _load_torchvision,
-    ('open-mmlab://', 'openmmlab://'): _load_openmmlab,
-    'mmcls://': _load_mmcls,
-    (r'(\S+\:)?s3://', r'(\S+\:)?petrel://'): _load_ceph,
-    'pavi://': _load_pavi,
+    '': load_from_local,
+    ('http://', 'https://'): load_from_http,
+    ('modelzoo://', 'torchvision://'): load_from_torchvision,
+    ('open-mmlab://', 'openmmlab://'): load_from_openmmlab,
+    'mmcls://': load_from_mmcls,
+    (r'(\S+\:)?s3://', r'(\S+\:)?petrel://'): load_from_ceph,
+    'pavi://': load_from_pavi,
 }
 
 

@@ -105,6 +105,19 @@ def test_malicious_checkpoint_refused_by_the_loader_and_mmengine(tmp_path):
     assert not marker.exists()
 
 
+def test_mmengine_names_the_safe_loaders_scheme(tmp_path, monkeypatch):
+    """mmengine logs ``Loads checkpoint by <scheme> backend``, the scheme read from the loader function's name."""
+    import mmengine.runner.checkpoint as mm_ckpt
+    from mmengine.runner import CheckpointLoader
+    _, state = _tiny_state()
+    path = tmp_path / 'genuine.pth'
+    torch.save(state, path)
+    logged = []
+    monkeypatch.setattr(mm_ckpt, 'print_log', lambda msg, *a, **k: logged.append(msg))
+    CheckpointLoader.load_checkpoint(str(path))
+    assert logged == [f'Loads checkpoint by local backend from path: {path}']
+
+
 @pytest.mark.parametrize('scope', ['mmpretrain', 'mmseg', 'mmdet'])
 @pytest.mark.parametrize('prefix', [None, 'backbone.'])
 def test_pretrained_init_refuses_malicious_and_loads_genuine(tmp_path, scope, prefix):
