@@ -11,8 +11,13 @@ which codebase's registry an unscoped type is looked up in), and a Runner whose 
 used (an explicit name, or the default timestamp of the same second) would pick up that test's message hub (its
 best score, its checkpoint ids). The instances a test creates are dropped when it ends.
 """
+import json
 import os
+import subprocess
 import sys
+import tempfile
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +70,32 @@ def reference_eq3():
     """The independent Eq. 3 reference the KPE tests compare with (a fixture: test modules cannot import each
     other under ``--import-mode=importlib``)."""
     return _reference_eq3
+
+
+_ONE_PROCESS_DRIVER = Path(__file__).resolve().parent / 'data' / 'run_tools_in_one_process.py'
+
+
+def _run_tools_in_one_process(argvs, cwd, env, timeout=600):
+    """Run the command lines ``argvs`` (``[tool.py, args...]`` each, no interpreter) one after the other in one
+    Python process (``tests/data/run_tools_in_one_process.py``), as ``python TOOL ARGS`` runs each: the imports are
+    paid once. Returns one ``CompletedProcess``-like namespace per command (``args``, ``returncode``, ``stdout``,
+    ``stderr``, ``elapsed``)."""
+    with tempfile.TemporaryDirectory(prefix='tools_one_process_') as out:
+        cases = os.path.join(out, 'cases.json')
+        with open(cases, 'w') as f:
+            json.dump([[str(a) for a in argv] for argv in argvs], f)
+        r = subprocess.run([sys.executable, str(_ONE_PROCESS_DRIVER), cases, out], cwd=str(cwd), env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        results = []
+        for i, argv in enumerate(argvs):
+            read = lambda ext: open(os.path.join(out, f'{i}.{ext}')).read()  # noqa: E731
+            status = json.loads(read('json'))
+            results.append(types.SimpleNamespace(args=argv, stdout=read('out'), stderr=read('err'), **status))
+        return results
+
+
+@pytest.fixture(scope='session')
+def tools_in_one_process():
+    """:func:`_run_tools_in_one_process`: many short tool runs at the cost of one interpreter start."""
+    return _run_tools_in_one_process

@@ -137,6 +137,7 @@ class Rel:
     REPO, HERE, PY = REPO, HERE, PY
     CLS_SHRINK, SEG_SHRINK = CLS_SHRINK, SEG_SHRINK
     write_config = staticmethod(write_config)
+    env = staticmethod(env)
     run = staticmethod(run)
     train = staticmethod(train)
     dist_train = staticmethod(dist_train)

@@ -196,66 +196,77 @@ def _error_line(r):
     return lines[0]
 
 
-@pytest.mark.slow
-def test_test_tool_refuses_a_checkpoint_of_another_model(cls_run, rel):
+@pytest.fixture(scope='module')
+def fit_runs(cls_run, rel, tools_in_one_process):
+    """The tool runs of the tests below on files derived from the run's checkpoint, in one process (as ``python
+    TOOL ARGS`` runs each, in this order): ``{name: result}``."""
     tmp, config, ckpt = cls_run
-    other = tmp / 'other_arch.pth'
     state = load_checkpoint_file(str(ckpt))
-    state['state_dict'] = {k: (v[:, :v.shape[1] // 2] if k == 'head.fc.weight' else v)
-                           for k, v in state['state_dict'].items() if not k.startswith('backbone.stages.3')}
-    torch.save(state, other)
-    r = rel.run([rel.PY, rel.REPO / 'tools/test.py', config, other], cwd=tmp)
-    line = _error_line(r)
-    assert str(other) in line and 'weights are missing (e.g. backbone.stages.3' in line
-    assert "head.fc.weight: (6, 24) in the checkpoint, (6, 48) in the model" in line
-    r = rel.run([rel.PY, rel.REPO / 'tools/analysis/get_flops.py', config, '--checkpoint', other], cwd=tmp)
-    assert 'weights are missing' in _error_line(r)
+    other = tmp / 'other_arch.pth'  # a checkpoint of another model: stage 3 missing, a narrower head
+    torch.save(dict(state, state_dict={k: (v[:, :v.shape[1] // 2] if k == 'head.fc.weight' else v)
+                                       for k, v in state['state_dict'].items()
+                                       if not k.startswith('backbone.stages.3')}), other)
+    nan = tmp / 'nan.pth'
+    torch.save(dict(state, state_dict={k: v * float('nan') if v.is_floating_point() else v
+                                       for k, v in state['state_dict'].items()}), nan)
+    no_head = tmp / 'no_head.pth'
+    torch.save(dict(state, state_dict={k: v for k, v in state['state_dict'].items() if not k.startswith('head.')}),
+               no_head)
+    deployed = tmp / 'deployed.pth'
+    test, train = rel.REPO / 'tools/test.py', rel.REPO / 'tools/train.py'
+    fine_tune = ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=12',
+                 f'load_from={no_head}']
+    runs = {
+        'test other': [test, config, other],
+        'get_flops other': [rel.REPO / 'tools/analysis/get_flops.py', config, '--checkpoint', other],
+        'convert': [rel.REPO / 'tools/deploy/convert_to_deploy.py', config, ckpt, deployed, '--check-shape', '64',
+                    '64'],
+        'test deployed': [test, config, deployed],
+        'test deployed deploy=True': [test, config, deployed, '--cfg-options', 'model.backbone.deploy=True'],
+        'test nan': [test, config, nan],
+        'fine-tune refused': [train, config, '--work-dir', tmp / 'ft_refused', '--cfg-options', *fine_tune],
+        'fine-tune allowed': [train, config, '--work-dir', tmp / 'ft_allowed', '--cfg-options', *fine_tune,
+                              "load_from_mismatch=['head.']"],
+    }
+    results = tools_in_one_process(list(runs.values()), tmp, rel.env(), timeout=600)
+    return dict(zip(runs, results), other=other, nan=nan, tmp=tmp)
 
 
 @pytest.mark.slow
-def test_test_tool_names_the_deploy_form_of_a_converted_checkpoint(cls_run, rel):
+def test_test_tool_refuses_a_checkpoint_of_another_model(fit_runs):
+    line = _error_line(fit_runs['test other'])
+    assert str(fit_runs['other']) in line and 'weights are missing (e.g. backbone.stages.3' in line
+    assert "head.fc.weight: (6, 24) in the checkpoint, (6, 48) in the model" in line
+    assert 'weights are missing' in _error_line(fit_runs['get_flops other'])
+
+
+@pytest.mark.slow
+def test_test_tool_names_the_deploy_form_of_a_converted_checkpoint(fit_runs):
     """A checkpoint written by tools/deploy/convert_to_deploy.py, given to the train-form config, is named as the
     other form (with the option that builds the deploy form), not as a pile of missing weights."""
-    tmp, config, ckpt = cls_run
-    out = tmp / 'deployed.pth'
-    r = rel.run([rel.PY, rel.REPO / 'tools/deploy/convert_to_deploy.py', config, ckpt, out, '--check-shape', '64',
-                 '64'], cwd=tmp)
+    r = fit_runs['convert']
     assert r.returncode == 0, r.stderr[-3000:]
-    line = _error_line(rel.run([rel.PY, rel.REPO / 'tools/test.py', config, out], cwd=tmp))
+    line = _error_line(fit_runs['test deployed'])
     assert 'deploy form' in line and 'model.backbone.deploy=True' in line and 'missing' not in line
-    r = rel.run([rel.PY, rel.REPO / 'tools/test.py', config, out, '--cfg-options', 'model.backbone.deploy=True'],
-                cwd=tmp)
+    r = fit_runs['test deployed deploy=True']
     assert r.returncode == 0 and re.search(r'accuracy/top1: [0-9.]+', r.stdout + r.stderr), r.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_test_tool_refuses_nan_weights(cls_run, rel):
-    tmp, config, ckpt = cls_run
-    bad = tmp / 'nan.pth'
-    state = load_checkpoint_file(str(ckpt))
-    state['state_dict'] = {k: v * float('nan') if v.is_floating_point() else v for k, v in state['state_dict'].items()}
-    torch.save(state, bad)
-    line = _error_line(rel.run([rel.PY, rel.REPO / 'tools/test.py', config, bad], cwd=tmp))
-    assert str(bad) in line and 'NaN/inf' in line
+def test_test_tool_refuses_nan_weights(fit_runs):
+    line = _error_line(fit_runs['test nan'])
+    assert str(fit_runs['nan']) in line and 'NaN/inf' in line
 
 
 @pytest.mark.slow
-def test_load_from_mismatch_needs_the_config_to_allow_it(cls_run, rel):
-    tmp, config, ckpt = cls_run
-    state = load_checkpoint_file(str(ckpt))
-    state['state_dict'] = {k: v for k, v in state['state_dict'].items() if not k.startswith('head.')}
-    no_head = tmp / 'no_head.pth'
-    torch.save(state, no_head)
-    opts = ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=12',
-            f'load_from={no_head}']
-    r = rel.train(config, tmp / 'ft_refused', tmp, opts)
-    line = _error_line(r)
+def test_load_from_mismatch_needs_the_config_to_allow_it(fit_runs, rel):
+    line = _error_line(fit_runs['fine-tune refused'])
     assert 'load_from' in line and 'head.fc' in line and "load_from_mismatch = ['head.']" in line
-    r = rel.train(config, tmp / 'ft_allowed', tmp, opts + ["load_from_mismatch=['head.']"])
+    r = fit_runs['fine-tune allowed']
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"2 of the model's [0-9]+ weights are missing \(e.g. head.fc.weight, head.fc.bias\); allowed by "
                      r"load_from_mismatch",
-                     rel.log_text(tmp / 'ft_allowed'))
+                     rel.log_text(fit_runs['tmp'] / 'ft_allowed'))
 
 
 # --------------------------------------------------------------------------------------------------- files

@@ -307,12 +307,23 @@ TOOL_PATHS = ['test.py', 'train --resume CKPT', 'train load_from', 'train init_c
               'visualize_erf', 'visualize_kernels', 'benchmark_throughput']
 
 
-@pytest.mark.slow  # one tool process each (~5-10 s)
-@pytest.mark.parametrize('name', TOOL_PATHS)
-def test_tools_refuse_a_malicious_checkpoint(run_dir, tools, name):
+@pytest.fixture(scope='module')
+def malicious_runs(run_dir, tools, tools_in_one_process):
+    """Each tool of :data:`TOOL_PATHS` on its own malicious copy of the run's checkpoint, all in one process (as
+    ``python TOOL ARGS`` runs each): ``{name: (result, checkpoint, marker)}``."""
     cwd, work = run_dir
-    path, marker = _evil_run_checkpoint(run_dir, f'evil_{re.sub(r"[^a-z]", "_", name)}.pth')
-    r = tools.run(_tool_paths(tools, cwd, work, path)[name], cwd=cwd, timeout=180)
+    cases = {}
+    for name in TOOL_PATHS:
+        path, marker = _evil_run_checkpoint(run_dir, f'evil_{re.sub(r"[^a-z]", "_", name)}.pth')
+        cases[name] = (_tool_paths(tools, cwd, work, path)[name][1:], path, marker)
+    runs = tools_in_one_process([argv for argv, _, _ in cases.values()], cwd, tools.env(), timeout=600)
+    return {name: (r, path, marker) for (name, (_, path, marker)), r in zip(cases.items(), runs)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', TOOL_PATHS)
+def test_tools_refuse_a_malicious_checkpoint(malicious_runs, name):
+    r, path, marker = malicious_runs[name]
     _assert_refused(r, path, marker)
 
 
@@ -511,28 +522,38 @@ custom_hooks = [dict(type='pelk_mm.NonFiniteGuardHook')]
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('how', ['test.py', 'load_from', '--resume'])
-def test_zero_stride_tensor_does_not_stall_the_tools(run_dir, tools, how):
-    import time
+ZERO_STRIDE_ROUTES = ['test.py', 'load_from', '--resume']
+
+
+@pytest.fixture(scope='module')
+def zero_stride_runs(run_dir, tools, tools_in_one_process):
+    """``tools/test.py``, ``load_from`` and ``--resume`` of a 4 MB checkpoint holding a zero-stride
+    400000 x 250000 tensor (10^11 elements, one stored value), all in one process: ``{route: result}``."""
     cwd, work = run_dir
     genuine = load_checkpoint_file(str(work / 'epoch_2.pth'))
     genuine['state_dict']['backbone.expanded'] = torch.zeros(1).expand(400000, 250000)
-    path = cwd / f'expanded_{how.strip("-").replace(".", "_")}.pth'
-    torch.save(genuine, path)
-    assert path.stat().st_size < 4 << 20
     config = cwd / 'tiny_guard.py'
     config.write_text(_GUARD.format(base=tools.TINY_CLS))
-    train = [tools.PY, tools.REPO / 'tools/train.py', config, '--work-dir', cwd / f'w_{path.stem}',
-             '--cfg-options', 'train_cfg.max_epochs=3', 'train_dataloader.dataset.indices=16',
-             'val_dataloader.dataset.indices=6']
-    cmd = {'test.py': [tools.PY, tools.REPO / 'tools/test.py', config, path, '--work-dir', cwd / 'w_expanded_test'],
-           'load_from': train + [f'load_from={path}'],
-           '--resume': train + ['--resume', path]}[how]
-    start = time.monotonic()
-    r = tools.run(cmd, cwd=cwd, timeout=240)
+    argvs = []
+    for how in ZERO_STRIDE_ROUTES:
+        path = cwd / f'expanded_{how.strip("-").replace(".", "_")}.pth'
+        torch.save(genuine, path)
+        assert path.stat().st_size < 4 << 20
+        train = [tools.REPO / 'tools/train.py', config, '--work-dir', cwd / f'w_{path.stem}',
+                 '--cfg-options', 'train_cfg.max_epochs=3', 'train_dataloader.dataset.indices=16',
+                 'val_dataloader.dataset.indices=6']
+        argvs.append({'test.py': [tools.REPO / 'tools/test.py', config, path, '--work-dir', cwd / 'w_expanded_test'],
+                      'load_from': train + [f'load_from={path}'],
+                      '--resume': train + ['--resume', path]}[how])
+    return dict(zip(ZERO_STRIDE_ROUTES, tools_in_one_process(argvs, cwd, tools.env(), timeout=600)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('how', ZERO_STRIDE_ROUTES)
+def test_zero_stride_tensor_does_not_stall_the_tools(zero_stride_runs, how):
+    r = zero_stride_runs[how]
     assert r.returncode == 0, r.stderr[-3000:]
-    assert time.monotonic() - start < 120
+    assert r.elapsed < 90, f'{how} took {r.elapsed:.0f} s'
 
 
 @pytest.mark.slow
