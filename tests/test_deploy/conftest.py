@@ -43,7 +43,7 @@ def max_rel_err(outs, refs) -> float:
     return max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(outs, refs))
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def helpers():
     """``helpers.tiny_pelk(seed, **kwargs)``, ``helpers.randomise(model, seed)``, ``helpers.max_rel_err(outs, refs)``,
     ``helpers.TINY``."""

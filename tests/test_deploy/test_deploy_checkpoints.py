@@ -90,13 +90,32 @@ def _run(args, **kw):
                           **kw)
 
 
-@pytest.mark.parametrize('codebase', ['mmpretrain', 'mmseg', 'mmdet'])
-def test_convert_to_deploy_tool(helpers, tmp_path, codebase):
+CODEBASES = ['mmpretrain', 'mmseg', 'mmdet']
+
+
+@pytest.fixture(scope='module')
+def conversions(helpers, tmp_path_factory, tools_in_one_process):
+    """Per codebase: a train-form checkpoint of the demo model, ``convert_to_deploy.py`` on it, and again on the
+    converted file (the wrong form); the six tool runs in one process: ``{codebase: (train model, out, first run,
+    second run)}``."""
+    tmp = tmp_path_factory.mktemp('convert')
+    models, argvs = {}, []
+    for codebase in CODEBASES:
+        src, out = tmp / f'{codebase}_train.pth', tmp / f'{codebase}_deploy.pth'
+        _, models[codebase] = _train_checkpoint(codebase, str(src), helpers)
+        argvs += [[osp.join(ROOT, 'tools/deploy/convert_to_deploy.py'), DEMO[codebase], src, out, '--check-shape',
+                   '64', '64'],
+                  [osp.join(ROOT, 'tools/deploy/convert_to_deploy.py'), DEMO[codebase], out, tmp / f'{codebase}.pth']]
+    runs = tools_in_one_process(argvs, ROOT, dict(os.environ, OMP_NUM_THREADS='1'))
+    return {codebase: (models[codebase], str(tmp / f'{codebase}_deploy.pth'), runs[2 * i], runs[2 * i + 1])
+            for i, codebase in enumerate(CODEBASES)}
+
+
+@pytest.mark.parametrize('codebase', CODEBASES)
+def test_convert_to_deploy_tool(helpers, conversions, codebase):
     from pelk_mm.analysis.builder import load_cfg
     from pelk_mm.deploy import build_model, load_weights
-    src, out = str(tmp_path / 'train.pth'), str(tmp_path / 'deploy.pth')
-    cfg, train = _train_checkpoint(codebase, src, helpers)
-    proc = _run(['tools/deploy/convert_to_deploy.py', DEMO[codebase], src, out, '--check-shape', '64', '64'])
+    train, out, proc, again = conversions[codebase]
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the answer only: no init-weight report (one record per tensor), loader notices or build-time warnings
     printed = (proc.stdout + proc.stderr).splitlines()
@@ -107,9 +126,8 @@ def test_convert_to_deploy_tool(helpers, tmp_path, codebase):
     x = torch.randn(2, 3, 64, 96)
     assert helpers.max_rel_err(outputs(deployed.backbone, x), outputs(train.backbone, x)) <= 1e-5
     # the wrong form: one line on stderr, exit status 2
-    proc = _run(['tools/deploy/convert_to_deploy.py', DEMO[codebase], out, str(tmp_path / 'again.pth')])
-    lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert proc.returncode == 2 and len(lines) == 1 and 'convert_to_deploy.py' in lines[0], proc.stderr[-2000:]
+    lines = [line for line in again.stderr.splitlines() if line.startswith('error:')]
+    assert again.returncode == 2 and len(lines) == 1 and 'convert_to_deploy.py' in lines[0], again.stderr[-2000:]
 
 
 def test_mmpretrain_reparameterize_model_script(helpers, tmp_path):

@@ -131,7 +131,7 @@ def cls_run(tmp_path_factory, tools):
 
 
 @pytest.mark.slow
-def test_stock_mmpretrain_tools_run_on_a_training_checkpoint(cls_run, tools):
+def test_stock_mmpretrain_tools_run_on_a_training_checkpoint(cls_run, tools, tools_in_one_process):
     cwd, work, config = cls_run
     ckpt = work / 'epoch_2.pth'
     best = next(work.glob('best_*.pth'))
@@ -154,25 +154,28 @@ def test_stock_mmpretrain_tools_run_on_a_training_checkpoint(cls_run, tools):
 
     out_dir = cwd / 'published'
     out_dir.mkdir()
-    r = tools.run([tools.PY, stock / 'publish_model.py', ckpt, out_dir / 'tiny.pth'], cwd=cwd)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    deployed = cwd / 'deployed' / 'tiny_deploy.pth'
+    test = [tools.REPO / 'tools/test.py', config]
+    options = ['--work-dir', cwd / 'w_test', '--cfg-options', 'test_dataloader.dataset.indices=12', 'custom_hooks=[]']
+    # the four tool runs in one process, each as ``python TOOL ARGS`` runs it
+    publish, reparameterize, test_deployed, test_ckpt = tools_in_one_process([
+        [stock / 'publish_model.py', ckpt, out_dir / 'tiny.pth'],
+        [stock / 'reparameterize_model.py', config, ckpt, deployed],
+        # the re-parameterised checkpoint evaluates like the original in the deploy-form model (without the EMA
+        # hook: the stock tool keeps the train-form ema_state_dict next to the deploy-form weights)
+        test + [deployed] + options + ['model.backbone.deploy=True'],
+        test + [ckpt] + options], cwd, tools.env())
+    assert publish.returncode == 0, publish.stdout[-2000:] + publish.stderr[-3000:]
     published = list(out_dir.glob('tiny_*.pth'))
     assert len(published) == 1 and 'message_hub' not in torch.load(published[0])
+    assert reparameterize.returncode == 0, reparameterize.stdout[-2000:] + reparameterize.stderr[-3000:]
+    assert 'Done!' in reparameterize.stdout and deployed.is_file()
 
-    deployed = cwd / 'deployed' / 'tiny_deploy.pth'
-    r = tools.run([tools.PY, stock / 'reparameterize_model.py', config, ckpt, deployed], cwd=cwd)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert 'Done!' in r.stdout and deployed.is_file()
-
-    # the re-parameterised checkpoint evaluates like the original in the deploy-form model
-    # (without the EMA hook: the stock tool keeps the train-form ema_state_dict next to the deploy-form weights)
-    def accuracy(path, *options):
-        r = tools.run([tools.PY, tools.REPO / 'tools/test.py', config, path, '--work-dir', cwd / 'w_test',
-                       '--cfg-options', 'test_dataloader.dataset.indices=12', 'custom_hooks=[]', *options], cwd=cwd)
+    def accuracy(r):
         assert r.returncode == 0, r.stderr[-3000:]
         return re.search(r'accuracy/top1: ([0-9.]+)', r.stdout + r.stderr).group(1)
 
-    assert accuracy(deployed, 'model.backbone.deploy=True') == accuracy(ckpt)
+    assert accuracy(test_deployed) == accuracy(test_ckpt)
 
 
 _SEG = ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
@@ -189,19 +192,27 @@ _DET = ['train_cfg.max_epochs=2', 'train_cfg.val_interval=2', 'default_hooks.che
         'test_dataloader.dataset.indices=1']
 
 
+_DEMOS = {'seg': ('configs/demo/pelk_demo_upernet_ade20k.py', _SEG, 'iter_2.pth'),
+          'det': ('configs/demo/pelk_demo_cascade_mask_rcnn_coco.py', _DET, 'epoch_2.pth')}
+
+
+@pytest.fixture(scope='module')
+def demo_runs(tools, tmp_path_factory, tools_in_one_process):
+    """Two iterations / epochs of the segmentation and detection demos, in one process: ``{name: (result, path)}``.
+    In the checkout, as the other demo tests: the demo data is generated there once (under a lock)."""
+    tmp = tmp_path_factory.mktemp('demo_plain')
+    argvs = [[tools.REPO / 'tools/train.py', tools.REPO / config, '--work-dir', tmp / name, '--cfg-options', *options]
+             for name, (config, options, _) in _DEMOS.items()]
+    runs = tools_in_one_process(argvs, tools.REPO, tools.env(), timeout=600)
+    return {name: (r, tmp / name / ckpt) for (name, (_, _, ckpt)), r in zip(_DEMOS.items(), runs)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('config,options,name', [
-    ('configs/demo/pelk_demo_upernet_ade20k.py', _SEG, 'iter_2.pth'),
-    ('configs/demo/pelk_demo_cascade_mask_rcnn_coco.py', _DET, 'epoch_2.pth'),
-], ids=['seg', 'det'])
-def test_seg_and_det_demo_checkpoints_are_plain(tools, tmp_path, config, options, name):
+@pytest.mark.parametrize('name', list(_DEMOS))
+def test_seg_and_det_demo_checkpoints_are_plain(demo_runs, name):
     from mmengine.logging import HistoryBuffer
-    work = tmp_path / 'work'
-    # in the checkout, as the other demo tests: the demo data is generated there once (under a lock)
-    r = tools.run([tools.PY, tools.REPO / 'tools/train.py', tools.REPO / config, '--work-dir', work,
-                   '--cfg-options', *options], cwd=tools.REPO, timeout=600)
+    r, path = demo_runs[name]
     assert r.returncode == 0, r.stderr[-3000:]
-    path = work / name
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
     assert isinstance(torch.load(path)['state_dict'], dict)
     scalars = load_checkpoint_file(str(path))['message_hub']['log_scalars']
