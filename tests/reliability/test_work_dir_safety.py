@@ -397,19 +397,22 @@ def test_resume_with_changes_applies_the_configs_lr(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_with_a_changed_lr_end_to_end(tmp_path, rel):
+def test_resume_with_a_changed_lr_end_to_end(tmp_path, rel, tools_in_one_process):
     opts = ['train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=12']
     work = tmp_path / 'work'
-    r = rel.train(TINY, work, tmp_path, opts + ['train_cfg.max_epochs=1'])
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    train = [rel.REPO / 'tools/train.py', TINY, '--work-dir', work]
     more = opts + ['train_cfg.max_epochs=2', 'optim_wrapper.optimizer.lr=0.001']
-    r = rel.train(TINY, work, tmp_path, more, extra_args=['--resume'])
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith('error:')]
-    assert r.returncode == 2 and len(lines) == 1, (r.stdout + r.stderr)[-3000:]
+    # the three runs in one process, in this order, each as ``python tools/train.py ...`` runs it
+    first, refused, applied = tools_in_one_process([
+        train + ['--cfg-options', *opts, 'train_cfg.max_epochs=1'],
+        train + ['--resume', '--cfg-options', *more],
+        train + ['--resume', '--resume-with-changes', '--cfg-options', *more]], tmp_path, rel.env())
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    lines = [ln for ln in refused.stderr.splitlines() if ln.startswith('error:')]
+    assert refused.returncode == 2 and len(lines) == 1, (refused.stdout + refused.stderr)[-3000:]
     assert 'optim_wrapper.optimizer.lr 0.002 -> 0.001' in lines[0] and '--resume-with-changes' in lines[0]
-    assert not (work / 'epoch_2.pth').exists()
-    r = rel.train(TINY, work, tmp_path, more, extra_args=['--resume', '--resume-with-changes'])
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert 'Epoch(train)' not in refused.stdout + refused.stderr  # refused before any training
+    assert applied.returncode == 0, (applied.stdout + applied.stderr)[-3000:]
     log = rel.log_text(work)
     assert "the config's values apply: optim_wrapper.optimizer.lr 0.002 -> 0.001" in log
     assert re.search(r'lr schedule of the config apply, advanced to epoch 1', log), log[-3000:]
