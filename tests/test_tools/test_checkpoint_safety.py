@@ -365,8 +365,11 @@ def test_trust_checkpoint_flag_loads_a_trusted_legacy_checkpoint(run_dir, tools)
     assert re.search(r'accuracy/top1: [0-9.]+', out) and 'weights_only=False' in out
 
 
-@pytest.mark.slow
-def test_damaged_checkpoint_refused_and_resume_falls_back(run_dir, tools):
+@pytest.fixture(scope='module')
+def unverified_runs(run_dir, tools, tools_in_one_process):
+    """The tool runs on checkpoints that are damaged or cannot be verified, in one process (as ``python TOOL ARGS``
+    runs each): ``tools/test.py`` and ``--resume`` in a work dir whose newest checkpoint has a flipped tensor record,
+    ``tools/test.py`` on a legacy (non-zip) checkpoint and on a ``.safetensors`` state dict."""
     cwd, work = run_dir
     wd = cwd / 'w_damaged'
     wd.mkdir()
@@ -376,18 +379,40 @@ def test_damaged_checkpoint_refused_and_resume_falls_back(run_dir, tools):
     with zipfile.ZipFile(wd / 'epoch_2.pth') as zf:
         largest = max((i for i in zf.infolist() if '/data/' in i.filename), key=lambda i: i.file_size).filename
     record = _flip_bytes_in_record(wd / 'epoch_2.pth', largest)
+    genuine = load_checkpoint_file(str(work / 'epoch_2.pth'))
+    legacy = cwd / 'legacy_overwritten.pth'
+    torch.save(genuine, legacy, _use_new_zipfile_serialization=False)
+    test, train = tools.REPO / 'tools/test.py', tools.REPO / 'tools/train.py'
+    runs = {'damaged test.py': [test, tools.TINY_CLS, wd / 'epoch_2.pth'],
+            'damaged --resume': [train, tools.TINY_CLS, '--work-dir', wd, '--resume', '--cfg-options',
+                                 'train_cfg.max_epochs=2', 'train_dataloader.dataset.indices=32',
+                                 'val_dataloader.dataset.indices=12'],
+            'legacy test.py': [test, tools.TINY_CLS, legacy, '--work-dir', cwd / 'w_legacy']}
+    paths = dict(damaged=wd / 'epoch_2.pth', fallback=wd / 'epoch_1.pth', record=record, legacy=legacy)
+    try:
+        import safetensors.torch as safetensors_torch
+    except ImportError:
+        safetensors_torch = None
+    else:
+        path = paths['safetensors'] = cwd / 'tiny.safetensors'
+        safetensors_torch.save_file({k: v.contiguous() for k, v in genuine['state_dict'].items()}, str(path))
+        runs['safetensors test.py'] = [test, tools.TINY_CLS, path, '--work-dir', cwd / 'w_st']
+    results = tools_in_one_process(list(runs.values()), cwd, tools.env(), timeout=600)
+    return dict(zip(runs, results)), paths
 
-    r = tools.run([tools.PY, tools.REPO / 'tools/test.py', tools.TINY_CLS, wd / 'epoch_2.pth'], cwd=cwd)
+
+@pytest.mark.slow
+def test_damaged_checkpoint_refused_and_resume_falls_back(unverified_runs):
+    runs, paths = unverified_runs
+    r = runs['damaged test.py']
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith('error:'))
-    assert str(wd / 'epoch_2.pth') in line and record in line
+    assert str(paths['damaged']) in line and paths['record'] in line
 
-    r = tools.run([tools.PY, tools.REPO / 'tools/train.py', tools.TINY_CLS, '--work-dir', wd, '--resume',
-                   '--cfg-options', 'train_cfg.max_epochs=2', 'train_dataloader.dataset.indices=32',
-                   'val_dataloader.dataset.indices=12'], cwd=cwd)
+    r = runs['damaged --resume']
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
-    assert 'resuming from the newest intact checkpoint' in out and str(wd / 'epoch_1.pth') in out
+    assert 'resuming from the newest intact checkpoint' in out and str(paths['fallback']) in out
 
 
 def test_trust_variable_naming_another_file_trusts_nothing_else(tmp_path, monkeypatch):
@@ -557,19 +582,13 @@ def test_zero_stride_tensor_does_not_stall_the_tools(zero_stride_runs, how):
 
 
 @pytest.mark.slow
-def test_tools_on_legacy_and_safetensors_checkpoints(run_dir, tools):
-    cwd, work = run_dir
-    genuine = load_checkpoint_file(str(work / 'epoch_2.pth'))
-    legacy = cwd / 'legacy_overwritten.pth'
-    torch.save(genuine, legacy, _use_new_zipfile_serialization=False)
-    r = tools.run([tools.PY, tools.REPO / 'tools/test.py', tools.TINY_CLS, legacy, '--work-dir', cwd / 'w_legacy'],
-                  cwd=cwd)
+def test_tools_on_legacy_and_safetensors_checkpoints(unverified_runs):
+    runs, paths = unverified_runs
+    r = runs['legacy test.py']
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'cannot be verified' in r.stdout + r.stderr and str(legacy) in r.stdout + r.stderr
+    assert 'cannot be verified' in r.stdout + r.stderr and str(paths['legacy']) in r.stdout + r.stderr
 
-    safetensors_torch = pytest.importorskip('safetensors.torch')
-    path = cwd / 'tiny.safetensors'
-    safetensors_torch.save_file({k: v.contiguous() for k, v in genuine['state_dict'].items()}, str(path))
-    r = tools.run([tools.PY, tools.REPO / 'tools/test.py', tools.TINY_CLS, path, '--work-dir', cwd / 'w_st'], cwd=cwd)
+    pytest.importorskip('safetensors.torch')
+    r = runs['safetensors test.py']
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r'accuracy/top1: [0-9.]+', r.stdout + r.stderr)
