@@ -62,12 +62,19 @@ WRITTEN_FOR: Dict[str, str] = {'mmengine': '0.10.7', 'mmcv': '2.1.0', 'torch': '
 _APPLIED: Dict[str, bool] = {}
 
 
+#: the distributions that install each package, in the order they are looked up; mmcv's setup.py names a build
+#: without compiled ops (MMCV_WITH_OPS=0) ``mmcv-lite``, still imported as ``mmcv``
+_DISTRIBUTIONS: Dict[str, tuple] = {'mmcv': ('mmcv', 'mmcv-lite')}
+
+
 def _version(package: str) -> Optional[str]:
-    try:
-        from importlib.metadata import version
-        return version(package)
-    except Exception:  # noqa: BLE001 - not installed
-        return None
+    from importlib.metadata import version
+    for name in _DISTRIBUTIONS.get(package, (package, )):
+        try:
+            return version(name)
+        except Exception:  # noqa: BLE001 - not installed under this name
+            continue
+    return None
 
 
 def _warn(message: str) -> None:
