@@ -12,11 +12,17 @@
 (c) training-step throughput (224x224, batch 64, bf16 autocast and float32, interleaved in this process): PeLK-T
     (``auto``), PeLK-T with ``dense``, SLaK-T-like, ConvNeXt-T-like and PeLK-101-T (``benchmarks/bench_pelk_train.py``).
     Needs the backbone (mmengine); skipped, with the reason recorded, when it cannot be imported.
+(d) the real launcher: ``tools/train.py configs/demo/pelk_demo_in1k.py`` and ``tools/dist_train.sh ... 1`` (one
+    process, NCCL on CUDA) with ``--amp`` in bfloat16, the full demo schedule, one after the other; each run's final
+    top-1 (the launcher's ``pelk_mm: train finished: accuracy/top1 X`` line) against the demo's CPU top-1, 98.61
+    (pass within 1 point), and what the run's own log says it ran on (CUDA, distributed, optimizer wrapper and AMP
+    dtype). Needs mmengine, mmcv (no compiled ops needed) and mmpretrain; not run with ``--quick`` unless named in
+    ``--parts`` (then one epoch, the accuracy not compared).
 
 Each part has its own time budget and records a failure instead of stopping the later parts. Everything goes to
 ``<out>/gpu_check.json``; a short summary table is printed last.
 
-    python benchmarks/gpu_check.py [--out DIR] [--parts battery bench train]
+    python benchmarks/gpu_check.py [--out DIR] [--parts battery bench train launch]
     TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu --quick   # smoke run on CPU
 """
 from __future__ import annotations
@@ -25,6 +31,11 @@ import argparse
 import json
 import os
 import platform
+import re
+import runpy
+import shutil
+import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -198,6 +209,91 @@ def part_train(args, deadline: float) -> Dict:
                 autotune={' '.join(map(str, k)): v for k, v in ops.autotune_cache().items()})
 
 
+# ------------------------------------------------------------------------------------------------ (d) launch
+CLS_DEMO = 'configs/demo/pelk_demo_in1k.py'
+CLS_DEMO_CPU_TOP1 = 98.61  # the demo's top-1 on CPU (README, docs/configs.md: 71 of 72 val images)
+LAUNCH_TOLERANCE = 1.0  # points of top-1
+# NOTE: --amp alone gives mmengine's float16 AmpOptimWrapper; the type is named so that the launcher's CPU fallback
+# also drops the dtype (OptimWrapper takes none)
+BF16_AMP = ['--amp', '--cfg-options', 'optim_wrapper.type=AmpOptimWrapper', 'optim_wrapper.dtype=bfloat16']
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _read_run_log(out: str, work: str) -> Dict:
+    """What the run's own mmengine log and dumped config say it ran on."""
+    info: Dict = {}
+    found = re.search(r'full log (\S+\.log)', out)
+    text = ''
+    if found and os.path.isfile(found.group(1)):
+        with open(found.group(1)) as f:
+            text = f.read()
+    for key, pattern in (('cuda', r'CUDA available: (\w+)'), ('distributed', r'Distributed training: (\w+)'),
+                         ('gpu', r'GPU 0[^:]*: ([^\n]+)')):
+        m = re.search(pattern, text)
+        info[key] = m.group(1).strip() if m else None
+    dumped = os.path.join(work, os.path.basename(CLS_DEMO))
+    try:  # mmengine's dump of the config the runner was built from (after the launcher resolved --amp): plain dicts
+        wrapper = runpy.run_path(dumped)['optim_wrapper']
+        info['optim_wrapper'], info['amp_dtype'] = wrapper.get('type'), wrapper.get('dtype')
+    except Exception as err:  # noqa: BLE001 - recorded, the accuracy still counts
+        info['optim_wrapper'] = f'unread: {type(err).__name__}'
+    return info
+
+
+def part_launch(args, deadline: float) -> Dict:
+    work_root = os.path.join(args.launch_work_dir, 'launch')
+    runs = {'train.py': [sys.executable, 'tools/train.py', CLS_DEMO],
+            'dist_train.sh 1': ['bash', 'tools/dist_train.sh', CLS_DEMO, '1']}
+    extra = BF16_AMP + (['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'] if args.quick else [])
+    env = dict(os.environ, PYTHON=sys.executable)  # dist_train.sh runs $PYTHON (this image has no `python`)
+    if not args.device.startswith('cuda'):
+        env['CUDA_VISIBLE_DEVICES'] = ''
+    rows = []
+    for i, (name, cmd) in enumerate(runs.items()):
+        # NOTE: a hung first run leaves the second a share of the budget
+        left = deadline - time.time() - 30.0 * (len(runs) - 1 - i)
+        row = dict(launch=name, cpu_top1=CLS_DEMO_CPU_TOP1, top1=None, ok=False)
+        rows.append(row)
+        if left < 15:
+            row['error'] = 'time budget reached'
+            continue
+        tag = name.split('.')[0]
+        work = os.path.join(work_root, tag)
+        shutil.rmtree(work, ignore_errors=True)
+        full = cmd + ['--work-dir', work] + extra
+        row['cmd'] = ' '.join(full[1:] if full[0] == sys.executable else full)
+        t0 = time.time()
+        try:
+            proc = subprocess.run(full, cwd=ROOT, env=dict(env, PORT=str(_free_port())), capture_output=True,
+                                  text=True, timeout=left)
+            out, row['rc'] = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as err:
+            out = ''.join(x.decode(errors='replace') if isinstance(x, bytes) else (x or '')
+                          for x in (err.stdout, err.stderr))
+            row['rc'], row['error'] = 'timeout', f'no result within {left:.0f} s'
+        row['seconds'] = round(time.time() - t0, 1)
+        log = os.path.join(args.out, f'launch_{tag}.log')
+        with open(log, 'w') as f:
+            f.write(out)
+        row['console_log'] = log
+        final = re.search(r'pelk_mm: train finished: accuracy/top1 ([0-9.]+)', out)
+        if final:
+            row['top1'] = float(final.group(1))
+            row['diff'] = round(row['top1'] - CLS_DEMO_CPU_TOP1, 2)
+        elif 'error' not in row:
+            row['error'] = ' | '.join(out.strip().splitlines()[-3:])[-400:]
+        row.update(_read_run_log(out, work))
+        finished = row['rc'] == 0 and final is not None
+        row['ok'] = finished and (args.quick or abs(row['diff']) <= LAUNCH_TOLERANCE)
+    return dict(rows=rows, reference=f'CPU top-1 {CLS_DEMO_CPU_TOP1}, pass within {LAUNCH_TOLERANCE} point'
+                + (' (not compared: --quick trains one epoch)' if args.quick else ''))
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def run_part(name: str, fn: Callable, args, budget: float) -> Dict:
     t0 = time.time()
@@ -221,6 +317,8 @@ def summary_table(parts: Dict[str, Dict]) -> str:
         elif name == 'bench':
             info = f"{len(res.get('rows', []))} rows, {len(res.get('errors', []))} errors, " \
                    f"{len(res.get('skipped', []))} skipped"
+        elif name == 'launch' and res.get('rows'):
+            info = ', '.join(f"{r['launch']}: {'pass' if r['ok'] else 'FAIL'}" for r in res['rows'])
         else:
             info = res.get('reason') or f"{len(res.get('rows', []))} rows"
         lines.append(f"| {name} | {res['status']} | {res['seconds']} | {info.strip()[:160]} |")
@@ -244,7 +342,18 @@ def summary_table(parts: Dict[str, Dict]) -> str:
         lines += ['', '| net | precision | img/s | s / step | steps |', '|---|---|---|---|---|']
         lines += [f"| {r['net']} | {r['precision']} | {r['img_per_s']:.1f} | {r['step_s']:.4f} | {r['steps']} |"
                   for r in train]
+    launch = parts.get('launch', {}).get('rows') or []
+    if launch:
+        lines += ['', f"| launch (classification demo) | s | CUDA | distributed | optim wrapper | AMP dtype | top-1 | "
+                  f"CPU top-1 | diff | ok |", '|---|---|---|---|---|---|---|---|---|---|']
+        lines += [f"| {r['launch']} | {r.get('seconds', '-')} | {r.get('cuda')} | {r.get('distributed')} | "
+                  f"{r.get('optim_wrapper')} | {r.get('amp_dtype')} | {bpc._fmt(r.get('top1'), '.2f')} | "
+                  f"{r['cpu_top1']:.2f} | {bpc._fmt(r.get('diff'), '+.2f')} | "
+                  f"{'pass' if r['ok'] else 'FAIL: ' + str(r.get('error', r.get('rc')))[:80]} |" for r in launch]
     return '\n'.join(lines)
+
+
+PARTS = ['battery', 'bench', 'train', 'launch']
 
 
 def parse_args(argv=None):
@@ -252,7 +361,8 @@ def parse_args(argv=None):
     p.add_argument('--out', default=os.environ.get('OUT') or os.path.join(ROOT, 'work_dirs', 'gpu_check'))
     p.add_argument('--device', default='cuda')
     p.add_argument('--quick', action='store_true', help='tiny shapes, one rep (smoke run, e.g. on CPU)')
-    p.add_argument('--parts', nargs='+', default=['battery', 'bench', 'train'])
+    p.add_argument('--parts', nargs='+', choices=PARTS,
+                   help='default: all; with --quick all but launch (a launch trains for minutes on a CPU)')
     p.add_argument('--impls', nargs='+', default=IMPLS)
     p.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
     p.add_argument('--bench-dtypes', nargs='+', default=['bfloat16', 'float32'], choices=list(DTYPES))
@@ -261,9 +371,14 @@ def parse_args(argv=None):
     p.add_argument('--reps', type=int, default=10, help='(b) timed repetitions per measurement (median)')
     p.add_argument('--measure-budget', type=float, default=0.25, help='(b) seconds per measurement, at most')
     p.add_argument('--rounds', type=int, default=8, help='(c) interleaved rounds')
-    p.add_argument('--budgets', type=float, nargs=3, default=[90, 200, 130], metavar=('A', 'B', 'C'),
-                   help='seconds for parts battery, bench, train')
-    return p.parse_args(argv)
+    p.add_argument('--budgets', type=float, nargs=4, default=[80, 170, 120, 90], metavar=('A', 'B', 'C', 'D'),
+                   help='seconds for parts battery, bench, train, launch')
+    p.add_argument('--launch-work-dir', default=os.path.join(os.environ.get('TMPDIR', '/tmp'), 'pelk_gpu_check'),
+                   help='(d) work dirs of the launches (checkpoints); their console output goes to --out')
+    args = p.parse_args(argv)
+    if args.parts is None:
+        args.parts = [name for name in PARTS if not (args.quick and name == 'launch')]
+    return args
 
 
 def main(argv=None) -> Dict:
@@ -273,8 +388,8 @@ def main(argv=None) -> Dict:
                 triton=ops.peripheral_conv._package_version('triton'), argv=sys.argv[1:] if argv is None else argv)
     if args.device.startswith('cuda'):
         info['gpu'] = torch.cuda.get_device_name()
-    budgets = dict(zip(['battery', 'bench', 'train'], args.budgets))
-    fns = dict(battery=part_battery, bench=part_bench, train=part_train)
+    budgets = dict(zip(PARTS, args.budgets))
+    fns = dict(battery=part_battery, bench=part_bench, train=part_train, launch=part_launch)
     parts = {}
     for name in args.parts:
         parts[name] = run_part(name, fns[name], args, budgets[name])
