@@ -16,7 +16,8 @@ OUT="${OUT:-work_dirs/gpu_check}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 LOG="$OUT/gpu_check.log"
-VERSIONS='import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.is_available())'
+VERSIONS='import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.is_available())
+import numpy, torchvision; print("numpy", numpy.__version__, "torchvision", torchvision.__version__)'
 echo "[gpu_check] $(date -u +%FT%TZ) $($PY -c "$VERSIONS" 2>&1)" | tee "$LOG"
 nvidia-smi --query-gpu=name,memory.used,memory.total,temperature.gpu,clocks.sm --format=csv,noheader 2>&1 \
   | tee -a "$LOG"
