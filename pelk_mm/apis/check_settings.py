@@ -1,6 +1,6 @@
 """Checks of a config's training settings before anything is built: the schedule (``train_cfg``), the optimizer and
-its wrapper (``optim_wrapper``), the dataloaders, the backbone's drop path rate and the heads' ``num_classes``
-against the dataset's classes.
+its wrapper (``optim_wrapper``), the dataloaders, the backbone's drop path rate, the heads' ``num_classes``
+against the dataset's classes and mmengine's ``compile`` switch (``torch.compile`` of the training step).
 
 mmengine accepts most of these silently (``max_epochs=0`` trains nothing and exits 0, ``drop_path_rate=1.5`` trains
 normally) or fails deep inside the Runner (``optimizer.lrr``, ``train_cfg.max_epoch``, ``batch_size=0``). Each
@@ -335,6 +335,44 @@ def _check_load_from_mismatch(cfg) -> None:
               "list the prefixes of the weights load_from may lack, e.g. load_from_mismatch = ['head.']")
 
 
+# --------------------------------------------------------------------------------------------------- compile
+_COMPILE_EXAMPLE = "compile=True (torch.compile's defaults: inductor) or e.g. compile=dict(backend='inductor', " \
+                   "mode='max-autotune')"
+
+
+def _check_compile(cfg) -> None:
+    """``compile``: mmengine's Runner hands ``True`` (torch.compile's defaults) or a dict of ``torch.compile``
+    arguments to ``torch.compile`` of the model's ``train_step``; anything else fails there once everything is
+    built (an assertion for a non-dict, a TypeError for a misspelt argument, a backend or mode torch does not
+    know)."""
+    value = cfg.get('compile', None)
+    if value is None or isinstance(value, bool):
+        return
+    if not hasattr(value, 'items'):
+        _fail('compile', f'must be True, False or a dict of torch.compile arguments, got {value!r}',
+              f'set {_COMPILE_EXAMPLE}')
+    import torch
+    valid = {p.name for p in inspect.signature(torch.compile).parameters.values()
+             if p.name != 'model' and p.kind is inspect.Parameter.KEYWORD_ONLY}
+    _check_keys(value, 'compile', valid, 'torch.compile')
+    backend = value.get('backend', None)
+    if isinstance(backend, str):
+        # NOTE: imported only here: torch._dynamo costs about a second, and configs without compile never need it
+        import torch._dynamo
+        backends = set(torch._dynamo.list_backends(exclude_tags=()))
+        if backend not in backends:
+            _fail('compile.backend', f'torch.compile has no backend {backend!r}{closest_name(backend, backends)}',
+                  'use \'inductor\' (the default), \'aot_eager\' or \'eager\' (no code generation), or a backend '
+                  'that a module in custom_imports registers')
+    mode = value.get('mode', None)
+    if mode is not None:
+        import torch._inductor
+        modes = set(torch._inductor.list_mode_options())
+        if mode not in modes:
+            _fail('compile.mode', f'torch.compile has no mode {mode!r}{closest_name(str(mode), modes)}',
+                  f'use one of {", ".join(sorted(modes))}, or leave mode out')
+
+
 # --------------------------------------------------------------------------------------------------- options
 def check_settings(cfg, mode: str = 'train') -> List[str]:
     """Every check of this module for ``mode`` ('train', 'val', 'test'); returns notes (none so far)."""
@@ -344,6 +382,7 @@ def check_settings(cfg, mode: str = 'train') -> List[str]:
         _check_schedulers(cfg)
         _check_optimizer(cfg)
         _check_drop_path(cfg)
+        _check_compile(cfg)
     _check_loaders(cfg)
     _check_pipelines(cfg, mode)
     _check_num_classes(cfg, mode)

@@ -87,8 +87,11 @@ def peripheral_grid(kernel_size: int, center_size: int = 5, base: int = 2,
 
 def grid_index(grid: Sequence[int], device=None) -> torch.Tensor:
     """Index map ``idx[x] = a`` (cell of tap ``x``) as a LongTensor of length ``sum(grid)``."""
-    sizes = torch.as_tensor(list(grid), dtype=torch.long)
-    return torch.repeat_interleave(torch.arange(len(grid)), sizes).to(device)
+    # NOTE: built from Python ints, not torch.repeat_interleave of a sizes tensor: under torch.compile that op has a
+    # data-dependent output shape, a graph break inside the model, and mmengine's compiled train_step (whose forward
+    # runs in a context manager that cannot be split) then falls back to eager as a whole
+    return torch.tensor([cell for cell, width in enumerate(grid) for _ in range(int(width))], dtype=torch.long,
+                        device=device)
 
 
 def grid_bounds(grid: Sequence[int]) -> List[Tuple[int, int]]:
