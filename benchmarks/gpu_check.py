@@ -35,6 +35,7 @@ import platform
 import re
 import runpy
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -246,6 +247,21 @@ def _read_run_log(out: str, work: str) -> Dict:
     return info
 
 
+def _stop(proc: subprocess.Popen) -> str:
+    """End a launch (its own process group) and return what it printed. torchrun starts its workers in sessions of
+    their own and stops them on SIGTERM, so SIGTERM comes first; SIGKILL if that does not end it."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return proc.communicate(timeout=wait)[0]
+        except subprocess.TimeoutExpired:
+            continue
+    return '(no output: a process of the launch still holds its pipe)'
+
+
 def part_launch(args, deadline: float) -> Dict:
     work_root = os.path.join(args.launch_work_dir, 'launch')
     runs = {'train.py': [sys.executable, 'tools/train.py', CLS_DEMO],
@@ -269,14 +285,14 @@ def part_launch(args, deadline: float) -> Dict:
         full = cmd + ['--work-dir', work] + extra
         row['cmd'] = ' '.join(full[1:] if full[0] == sys.executable else full)
         t0 = time.time()
+        proc = subprocess.Popen(full, cwd=ROOT, env=dict(env, PORT=str(_free_port())), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            proc = subprocess.run(full, cwd=ROOT, env=dict(env, PORT=str(_free_port())), capture_output=True,
-                                  text=True, timeout=left)
-            out, row['rc'] = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as err:
-            out = ''.join(x.decode(errors='replace') if isinstance(x, bytes) else (x or '')
-                          for x in (err.stdout, err.stderr))
+            out, _ = proc.communicate(timeout=left)
+            row['rc'] = proc.returncode
+        except subprocess.TimeoutExpired:
             row['rc'], row['error'] = 'timeout', f'no result within {left:.0f} s'
+            out = _stop(proc)
         row['seconds'] = round(time.time() - t0, 1)
         log = os.path.join(args.out, f'launch_{tag}.log')
         with open(log, 'w') as f:
