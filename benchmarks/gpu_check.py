@@ -11,7 +11,11 @@
     forward and forward+backward, peak memory (``benchmarks/bench_peripheral_conv.py``).
 (c) training-step throughput (224x224, batch 64, bf16 autocast and float32, interleaved in this process): PeLK-T
     (``auto``), PeLK-T with ``dense``, SLaK-T-like, ConvNeXt-T-like and PeLK-101-T (``benchmarks/bench_pelk_train.py``).
-    Needs the backbone (mmengine); skipped, with the reason recorded, when it cannot be imported.
+    Then, in the seconds of the part left (at least ``--compile-reserve``), PeLK-T's bf16 step under
+    ``torch.compile`` (``--compile-backend``, inductor: the whole step function, as mmengine's ``compile=True``) in a
+    process of its own, killed at the part's deadline: compile time (its two warm-up steps less two steps) and step
+    time, against the eager PeLK-T bf16 row. Needs the backbone (mmengine); skipped, with the reason recorded, when
+    it cannot be imported.
 (d) the real launcher: ``tools/train.py configs/demo/pelk_demo_in1k.py`` and ``tools/dist_train.sh ... 1`` (one
     process, NCCL on CUDA) with ``--amp`` in bfloat16, the full demo schedule, one after the other; each run's final
     top-1 (the launcher's ``pelk_mm: train finished: accuracy/top1 X`` line) against the demo's CPU top-1, 98.61
@@ -196,19 +200,55 @@ def part_train(args, deadline: float) -> Dict:
         nets = {name: {**kw, 'arch': dict(QUICK_ARCH, kernel_sizes=[7] * 4) if 'ConvNeXt' in name else QUICK_ARCH}
                 for name, kw in nets.items() if name in ('PeLK-T', 'ConvNeXt-T-like')}
     size, batch = (64, 1) if args.quick else (224, args.batch)
+    # NOTE: the eager nets stop at eager_deadline, so the compiled step keeps at least --compile-reserve seconds
+    eager_deadline = deadline - args.compile_reserve
     variants = {}
     for prec in args.train_precisions:
         for name, kw in nets.items():
-            if time.time() > deadline:
+            if time.time() > eager_deadline:
                 break
             amp = None if prec == 'float32' else DTYPES[prec]
             variants[f'{name} | {prec}'] = bpt.make_step(kw, args.device, batch, size, 1000, amp_dtype=amp)
-    rows = bpt.interleaved_throughput(variants, 1 if args.quick else args.rounds, batch, deadline)
+    rows = bpt.interleaved_throughput(variants, 1 if args.quick else args.rounds, batch, eager_deadline)
     for r in rows:
         r['net'], r['precision'] = r['net'].split(' | ')
     missing = [f'{n} | {p}' for p in args.train_precisions for n in nets if f'{n} | {p}' not in variants]
-    return dict(rows=rows, size=size, batch=batch, not_built=missing,
-                autotune={' '.join(map(str, k)): v for k, v in ops.autotune_cache().items()})
+    res = dict(rows=rows, size=size, batch=batch, not_built=missing,
+               autotune={' '.join(map(str, k)): v for k, v in ops.autotune_cache().items()})
+    if args.compile_reserve > 0:
+        del variants  # the compiled step's process gets the GPU memory
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        res['compile'] = compiled_step(bpt, nets['PeLK-T'], args, size, batch, rows, deadline)
+    return res
+
+
+def compiled_step(bpt, backbone: Dict, args, size: int, batch: int, eager_rows: List[Dict], deadline: float) -> Dict:
+    """PeLK-T's bf16 step under ``torch.compile`` in a process of its own (``bench_pelk_train.py --worker
+    auto+compile``, the same step as the eager rows), killed at ``deadline``; with its ratio to the eager row."""
+    prec = 'bfloat16' if not args.quick else args.train_precisions[0]
+    backend = 'eager' if args.quick else args.compile_backend  # NOTE: --quick: dynamo's capture alone, no codegen
+    argv = ['--arch', json.dumps(backbone['arch']) if isinstance(backbone['arch'], dict) else backbone['arch'],
+            '--size', str(size), '--batch', str(batch), '--device', args.device, '--threads', '0',
+            '--iters', '1' if args.quick else '5', '--compile-backend', backend]
+    argv += [] if prec == 'float32' else ['--amp', prec]
+    res = dict(net='PeLK-T', precision=prec, backend=backend, cmd='benchmarks/bench_pelk_train.py ' + ' '.join(argv))
+    left = deadline - time.time()
+    if left < 5:
+        return dict(res, status='skipped', reason=f'{left:.0f} s of the part left')
+    t0 = time.time()
+    try:
+        row = bpt.run_isolated('auto' + bpt.COMPILED, argv, timeout=left)
+    except subprocess.TimeoutExpired:
+        return dict(res, status='timeout', reason=f'compiled step not done within {left:.0f} s (killed)',
+                    seconds=round(time.time() - t0, 1))
+    except SystemExit as err:  # the worker failed: its stderr's tail
+        return dict(res, status='failed', reason=str(err)[-1500:], seconds=round(time.time() - t0, 1))
+    eager = next((r for r in eager_rows if r['net'] == 'PeLK-T' and r['precision'] == prec and r['steps']), None)
+    res.update(status='ok', seconds=round(time.time() - t0, 1), row=row,
+               eager_step_s=eager['step_s'] if eager else None,
+               speedup_vs_eager=eager['step_s'] / row['step_s'] if eager else None)
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ (d) launch
@@ -366,6 +406,16 @@ def summary_table(parts: Dict[str, Dict]) -> str:
         lines += ['', '| net | precision | img/s | s / step | steps |', '|---|---|---|---|---|']
         lines += [f"| {r['net']} | {r['precision']} | {r['img_per_s']:.1f} | {r['step_s']:.4f} | {r['steps']} |"
                   for r in train]
+    comp = parts.get('train', {}).get('compile')
+    if comp:
+        row = comp.get('row') or {}
+        lines += ['', '| torch.compile | precision | backend | status | compile s | s / step | eager s / step | '
+                  'speed-up vs eager | img/s | peak MB |', '|---|---|---|---|---|---|---|---|---|---|',
+                  f"| {comp['net']} | {comp['precision']} | {comp['backend']} | "
+                  f"{comp['status'] if comp['status'] == 'ok' else comp.get('reason', comp['status'])[:120]} | "
+                  f"{bpc._fmt(row.get('compile_s'), '.1f')} | {bpc._fmt(row.get('step_s'), '.4f')} | "
+                  f"{bpc._fmt(comp.get('eager_step_s'), '.4f')} | {bpc._fmt(comp.get('speedup_vs_eager'), '.2f')} | "
+                  f"{bpc._fmt(row.get('img_per_s'), '.1f')} | {bpc._fmt(row.get('peak_mb'), '.0f')} |"]
     launch = parts.get('launch', {}).get('rows') or []
     if launch:
         lines += ['', f"| launch (classification demo) | s | CUDA | distributed | optim wrapper | AMP dtype | top-1 | "
@@ -395,6 +445,9 @@ def parse_args(argv=None):
     p.add_argument('--reps', type=int, default=10, help='(b) timed repetitions per measurement (median)')
     p.add_argument('--measure-budget', type=float, default=0.25, help='(b) seconds per measurement, at most')
     p.add_argument('--rounds', type=int, default=8, help='(c) interleaved rounds')
+    p.add_argument('--compile-reserve', type=float, default=60,
+                   help='(c) seconds of the part kept for the step under torch.compile (0: leave it out)')
+    p.add_argument('--compile-backend', default='inductor', help='(c) torch.compile backend (--quick: eager)')
     p.add_argument('--budgets', type=float, nargs=4, default=[80, 170, 120, 90], metavar=('A', 'B', 'C', 'D'),
                    help='seconds for parts battery, bench, train, launch')
     p.add_argument('--launch-work-dir', default=os.path.join(os.environ.get('TMPDIR', '/tmp'), 'pelk_gpu_check'),
