@@ -6,6 +6,11 @@
     1, PeLK stage shapes): forward, grad-input and grad-weight against a float64 dense reference (``repeat_interleave``
     + ``F.conv2d``, TF32 off), fresh random inputs per case, and freed NaN-filled blocks handed out by the caching
     allocator before every call, so a result element that is never written shows up as NaN.
+(v) Triton variants: at PeLK's stage shapes (batch 64, bfloat16 and float32, NCHW and channels_last) the kernels'
+    tuner times every candidate launch variant of the forward and grad-weight kernels (tile shapes, warps, stages,
+    the ``tl.dot`` contraction, the 2^p + 1 H-cell split); the winners' gradients are checked against the default
+    variant's, and each winner's share of the roofline (bytes and FLOPs over this run's copy bandwidth and matmul
+    rate) is reported. The battery before runs the default variants; the benchmark after reuses the winners.
 (b) op benchmark at the PeLK-T (and PeLK-101 stage-1) shapes, batch 64, float32 and bfloat16, NCHW and
     channels_last: every implementation vs dense (cuDNN, both layouts) and a 7x7 depthwise conv, CUDA-event medians,
     forward and forward+backward, peak memory (``benchmarks/bench_peripheral_conv.py``).
@@ -27,12 +32,13 @@
 Each part has its own time budget and records a failure instead of stopping the later parts. Everything goes to
 ``<out>/gpu_check.json``; a short summary table is printed last.
 
-    python benchmarks/gpu_check.py [--out DIR] [--parts battery bench train launch]
+    python benchmarks/gpu_check.py [--out DIR] [--parts battery variants bench train launch]
     TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu --quick   # smoke run on CPU
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,6 +49,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from typing import Callable, Dict, List
@@ -115,6 +122,13 @@ def check_one(impl: str, x: torch.Tensor, w: torch.Tensor, grid, gy: torch.Tenso
 
 
 def part_battery(args, deadline: float) -> Dict:
+    # NOTE: the battery checks the default Triton variants (the variants part checks the tuned ones) and spends no
+    # time tuning its many small shapes
+    with _env('PELK_MM_TRITON_TUNE', '0'):
+        return _battery(args, deadline)
+
+
+def _battery(args, deadline: float) -> Dict:
     device = torch.device(args.device)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here
@@ -164,8 +178,147 @@ def battery_summary(rows: List[Dict]) -> List[Dict]:
     return list(groups.values())
 
 
+# ------------------------------------------------------------------------------------------------ (v) variants
+VARIANT_SHAPES = [(46, 56, 51, 5), (46, 56, 101, 7), (374, 7, 13, 5), (93, 28, 49, 5), (187, 14, 47, 5)]
+ELEMENT_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _timed_ms(fn: Callable, device: torch.device, reps: int) -> float:
+    """Median milliseconds of ``reps`` calls after a warm-up (CUDA events on the GPU)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def measure_peaks(device: torch.device, dtypes: List[str], quick: bool) -> Dict:
+    """This run's copy bandwidth (GB/s, a large ``copy_``: read + write) and matmul rate (TFLOP/s, ``torch.mm``
+    per dtype; float32 with TF32 off, as the exact kernels compute), the roofline the variants are measured
+    against."""
+    n_bytes = (1 << 20) if quick else (1 << 30)
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    copy_ms = _timed_ms(lambda: dst.copy_(src), device, 3 if quick else 10)
+    peaks = dict(copy_gbps=2 * n_bytes / copy_ms / 1e6, mm_tflops={})
+    size = 256 if quick else 8192
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for dname in dtypes:
+            a = torch.randn(size, size, device=device).to(DTYPES[dname])
+            ms = _timed_ms(lambda: torch.mm(a, a), device, 3 if quick else 10)
+            peaks['mm_tflops'][dname] = 2 * size ** 3 / ms / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return peaks
+
+
+def roofline_row(key: tuple, rec: Dict, peaks: Dict) -> Dict:
+    """One tuned (pass, shape): every candidate's time, the winner, and the winner's share of the roofline.
+
+    Bytes: the input read and the output written once (forward / grad-input), ``x`` and ``gy`` read once
+    (grad-weight). FLOPs: the structured algorithm's ``2 k'_h k'_w`` (contraction) ``+ 2 k'_w + 2 k'_h`` (box sums
+    from prefix differences) per output pixel. Roofline time: the larger of bytes / copy bandwidth and FLOPs /
+    matmul rate of the dtype; share = roofline time / measured time."""
+    pass_, dname, n, c, h, w, channels_last, lo_h, hi_h, lo_w, hi_w = key
+    gh, gw = len(lo_h), len(lo_w)
+    pixels = n * c * h * w
+    nbytes = 2 * pixels * ELEMENT_BYTES.get(dname, 4)
+    flops = pixels * (2 * gh * gw + 2 * gw + 2 * gh)
+    timed = {v: t for v, t in rec['candidates'].items() if isinstance(t, float)}
+    best = timed.get(rec['winner'])
+    bound_ms = max(nbytes / peaks['copy_gbps'] / 1e6, flops / (peaks['mm_tflops'].get(dname) or float('inf')) / 1e9)
+    return dict(pass_=pass_, dtype=dname, N=n, C=c, H=h, W=w, layout='channels_last' if channels_last else 'NCHW',
+                cells=f'{gh}x{gw}', K=f'{hi_h[-1] - lo_h[0] + 1}x{hi_w[-1] - lo_w[0] + 1}', how=rec['how'],
+                candidates=rec['candidates'], failed=sorted(set(rec['candidates']) - set(timed)),
+                winner=rec['winner'], winner_ms=best, default=rec['default'], default_ms=timed.get(rec['default']),
+                speedup_vs_default=(timed[rec['default']] / best) if best and rec['default'] in timed else None,
+                gbytes=nbytes / 1e9, gflops=flops / 1e9, roofline_ms=bound_ms,
+                bound='memory' if nbytes / peaks['copy_gbps'] / 1e6 >= bound_ms else 'compute',
+                roofline_share=bound_ms / best if best else None)
+
+
+def part_variants(args, deadline: float) -> Dict:
+    """Tunes the Triton kernels (every candidate variant timed by the tuner itself) at PeLK's shapes, forward,
+    grad-input and grad-weight, checks the winner against the default variant, and reports the roofline share."""
+    device = torch.device(args.device)
+    it = ops._impl_triton
+    if not (it.triton_available() and (device.type == 'cuda' or it.interpreter_mode())):
+        return dict(status='skipped', reason='triton cannot run on this device', rows=[])
+    peaks = measure_peaks(device, args.bench_dtypes, args.quick)
+    shapes = bpc.QUICK_SHAPES if args.quick else VARIANT_SHAPES
+    layouts = ['NCHW'] if args.quick else list(LAYOUTS)
+    batch = 1 if args.quick else args.batch
+    it.clear_variant_cache()
+    checks, skipped, gen = [], [], torch.Generator().manual_seed(0)
+    # NOTE: a cache directory of its own: every candidate is timed in this run, whatever an earlier run stored
+    with _env('PELK_MM_TRITON_TUNE', '1'), _env('PELK_MM_CACHE', tempfile.mkdtemp(prefix='pelk_gpu_check_')):
+        for dname in args.bench_dtypes:
+            for (c, hw, k, centre) in shapes:
+                for layout in layouts:
+                    if time.time() > deadline:
+                        skipped.append(f'{dname} C={c} {hw}x{hw} K={k} {layout}')
+                        continue
+                    grid = ops.peripheral_grid(k, centre)
+                    x = torch.randn(batch, c, hw, hw, generator=gen).to(device, DTYPES[dname])
+                    x = x.contiguous(memory_format=LAYOUTS[layout]).requires_grad_(True)
+                    w = (0.02 * torch.randn(c, 1, len(grid), len(grid), generator=gen)).to(device, DTYPES[dname])
+                    w.requires_grad_(True)
+                    gy = torch.randn(x.shape, generator=gen).to(device, DTYPES[dname])
+                    got = torch.autograd.grad(ops.peripheral_conv2d(x, w, grid, 'triton'), (x, w), gy)
+                    # the tuned winners against the default variants on the same inputs
+                    cand = [it.candidates(p, hw, hw, *_cropped(grid, hw)) for p in it.PASSES]
+                    with it.use_variant('fwd', cand[0][0]), it.use_variant('grad_w', cand[1][0]):
+                        ref = torch.autograd.grad(ops.peripheral_conv2d(x, w, grid, 'triton'), (x, w), gy)
+                    errs = [rel_err(a, b) for a, b in zip(got, ref)]
+                    checks.append(dict(dtype=dname, shape=f'{batch}x{c}x{hw}x{hw} K{k}', layout=layout,
+                                       grad_input_err=errs[0], grad_weight_err=errs[1],
+                                       ok=all(e <= TOL[DTYPES[dname]] for e in errs)))
+    rows = [roofline_row(key, rec, peaks) for key, rec in it.tuning_records().items()]
+    return dict(rows=rows, peaks=peaks, checks=checks, skipped=skipped,
+                note='times from the tuner: best of two groups of five launches after a warm-up, per candidate')
+
+
+def _cropped(grid, size: int) -> tuple:
+    """``(gh, gw, kw)`` of ``grid`` cropped to a ``size x size`` map (as the kernels see it)."""
+    from pelk_mm.ops._cells import axis_cells
+    cells = axis_cells(grid, size)
+    return len(cells.lo), len(cells.lo), cells.hi[-1] - cells.lo[0] + 1
+
+
 # ------------------------------------------------------------------------------------------------ (b) bench
 def part_bench(args, deadline: float) -> Dict:
+    # NOTE: shapes the variants part tuned run their winners; any other shape runs the default variant instead of
+    # spending the part's time compiling candidates
+    with _env('PELK_MM_TRITON_TUNE', '0'):
+        return _bench(args, deadline)
+
+
+def _bench(args, deadline: float) -> Dict:
     device = torch.device(args.device)
     shapes = bpc.QUICK_SHAPES if args.quick else bpc.FULL_SHAPES
     batch = 1 if args.quick else args.batch
@@ -378,6 +531,10 @@ def summary_table(parts: Dict[str, Dict]) -> str:
         if name == 'battery' and res.get('rows'):
             fails = sum(1 for r in res['rows'] if not r.get('ok'))
             info = f"{len(res['rows'])} checks, {fails} failed {res.get('note', '')}"
+        elif name == 'variants' and res.get('status') == 'ok':
+            bad = sum(1 for c in res.get('checks', []) if not c['ok'])
+            info = f"{len(res.get('rows', []))} tuned, {bad} of {len(res.get('checks', []))} checks failed, " \
+                   f"{len(res.get('skipped', []))} skipped"
         elif name == 'bench':
             info = f"{len(res.get('rows', []))} rows, {len(res.get('errors', []))} errors, " \
                    f"{len(res.get('skipped', []))} skipped"
@@ -391,6 +548,18 @@ def summary_table(parts: Dict[str, Dict]) -> str:
         lines += ['', '| impl | dtype | layout | checks | failed | worst err / tol |', '|---|---|---|---|---|---|']
         lines += [f"| {g['impl']} | {g['dtype']} | {g['layout']} | {g['checks']} | {g['failed']} | "
                   f"{g['worst_err_over_tol']:.3g} |" for g in bat]
+    var = parts.get('variants', {})
+    if var.get('rows'):
+        peaks = var['peaks']
+        mm = ', '.join(f'{d} {v:.1f}' for d, v in peaks['mm_tflops'].items())
+        lines += ['', f"Triton variants (roofline: copy {peaks['copy_gbps']:.0f} GB/s, matmul TFLOP/s {mm})", '',
+                  '| pass | dtype | N,C,HxW | layout | cells | winner | ms | default ms | x default | '
+                  'roofline share (bound) | candidates (failed) |', '|---|---|---|---|---|---|---|---|---|---|---|']
+        lines += [f"| {r['pass_']} | {r['dtype']} | {r['N']},{r['C']},{r['H']}x{r['W']} | {r['layout']} | "
+                  f"{r['cells']} | {r['winner']} | {bpc._fmt(r['winner_ms'], '.3g')} | "
+                  f"{bpc._fmt(r['default_ms'], '.3g')} | {bpc._fmt(r['speedup_vs_default'], '.2f')} | "
+                  f"{bpc._fmt(r['roofline_share'], '.2f')} ({r['bound']}) | "
+                  f"{len(r['candidates'])} ({len(r['failed'])}) |" for r in var['rows']]
     bench = parts.get('bench', {}).get('rows') or []
     if bench:
         lines += ['', '| dtype | C,HxW,K | layout | impl (runs) | fwd ms | f+b ms | x dense same layout f+b | '
@@ -427,7 +596,7 @@ def summary_table(parts: Dict[str, Dict]) -> str:
     return '\n'.join(lines)
 
 
-PARTS = ['battery', 'bench', 'train', 'launch']
+PARTS = ['battery', 'variants', 'bench', 'train', 'launch']
 
 
 def parse_args(argv=None):
@@ -448,8 +617,8 @@ def parse_args(argv=None):
     p.add_argument('--compile-reserve', type=float, default=60,
                    help='(c) seconds of the part kept for the step under torch.compile (0: leave it out)')
     p.add_argument('--compile-backend', default='inductor', help='(c) torch.compile backend (--quick: eager)')
-    p.add_argument('--budgets', type=float, nargs=4, default=[80, 170, 120, 90], metavar=('A', 'B', 'C', 'D'),
-                   help='seconds for parts battery, bench, train, launch')
+    p.add_argument('--budgets', type=float, nargs=5, default=[70, 70, 110, 120, 90],
+                   metavar=('A', 'V', 'B', 'C', 'D'), help='seconds for parts battery, variants, bench, train, launch')
     p.add_argument('--launch-work-dir', default=os.path.join(os.environ.get('TMPDIR', '/tmp'), 'pelk_gpu_check'),
                    help='(d) work dirs of the launches (checkpoints); their console output goes to --out')
     args = p.parse_args(argv)
@@ -466,7 +635,7 @@ def main(argv=None) -> Dict:
     if args.device.startswith('cuda'):
         info['gpu'] = torch.cuda.get_device_name()
     budgets = dict(zip(PARTS, args.budgets))
-    fns = dict(battery=part_battery, bench=part_bench, train=part_train, launch=part_launch)
+    fns = dict(battery=part_battery, variants=part_variants, bench=part_bench, train=part_train, launch=part_launch)
     parts, start, planned = {}, time.time(), 0.0
     for name in args.parts:
         planned += budgets[name]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU check, <= 8 minutes on one H200: (a) op battery vs a float64 reference, (b) op benchmark at the
+# One prepared GPU check, <= 8 minutes on one H200: (a) op battery vs a float64 reference, (v) every Triton launch
+# variant timed by the kernels' tuner at PeLK's stage shapes, winners and roofline share, (b) op benchmark at the
 # PeLK stage shapes, (c) training-step throughput of PeLK-T and its comparison nets, (d) tools/train.py and
 # tools/dist_train.sh (1 process, NCCL) on the classification demo with bf16 AMP, final top-1 against the CPU's
 # 98.61. See benchmarks/gpu_check.py.

@@ -10,6 +10,15 @@ Fused kernels (:mod:`._triton_kernels`), no ``K x K`` loop and no ``k'``-times i
   of one channel), summed over the programs in a fixed order (``torch.sum`` over the partials): the same bits on
   every run.
 
+Launch variants. Each pass runs as one :class:`Variant`: rows and columns per program, warps, pipelining stages, the
+``k' x k'`` contraction as ``tl.dot`` (tensor cores for half inputs) or as FMAs, and for ``2^p + 1`` H-cells (9, 17)
+the last cell kept apart instead of padding the cells to the next power of two. On CUDA, the first call of a pass
+for a ``(dtype, shape, layout, cells)`` times every candidate of :func:`candidates` (the default first), keeps the
+fastest in memory and in a cache file beside the implementation choices (:mod:`._tune_store`), and logs it; the
+timings stay readable through :func:`tuning_records`. ``$PELK_MM_TRITON_TUNE=0`` or
+``torch.use_deterministic_algorithms(True)`` (which wins over the variable) keep the default variant; ``$PELK_MM_TRITON_VARIANT`` or
+:func:`use_variant` force one. On CPU (the interpreter) the default runs unless a variant is forced.
+
 Accumulation is float32 for float32/bfloat16/float16 inputs and float64 for float64. The kernels read and write
 through the tensors' strides: NCHW, channels_last and channel slices are used in place, and the output has the
 memory format of the input (``torch.empty_like``). The ops are ``torch.library`` custom ops, so ``torch.compile``
@@ -17,21 +26,31 @@ treats each as one opaque node.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
+import logging
 import os
-from typing import List, NamedTuple, Sequence, Tuple
+import re
+import time
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from . import _tune_store
 from ._cells import axis_cells, crop_weight, mirror_cells, save_cells_context
+
+logger = logging.getLogger(__name__)
 
 _BLOCK_ELEMS = 8192  # elements of the forward's (k'_h, k'_w, BW) register block of the contraction
 _GRAD_W_BLOCK_ELEMS = 4096  # grad-weight: the (k'_h, k'_w, BW) accumulator and its update are both live
 _MAX_BH = 64  # output rows per program
-_MAX_BW = 32  # output columns per program
+_MAX_BW = 32  # output columns per program (the default variant)
 _GRAD_W_PROGRAMS = 1024  # grad-weight: images per program chosen so that about this many programs run
+TUNE_ENV_VAR = 'PELK_MM_TRITON_TUNE'
+VARIANT_ENV_VAR = 'PELK_MM_TRITON_VARIANT'
+PASSES = ('fwd', 'grad_w')  # the forward kernel also runs grad-input (mirrored cells, flipped weights)
 
 
 # NOTE: looked up once at import: `supports()` runs inside torch.compile traces, and torch 2.11's dynamo refuses to
@@ -59,24 +78,82 @@ def _next_pow2(n: int, least: int = 1) -> int:
 
 
 def _cdiv(a: int, b: int) -> int:
-    import triton
-    return triton.cdiv(a, b)
+    return -(-int(a) // int(b))
 
 
-class Tiles(NamedTuple):
-    """Block sizes of one launch: output rows / columns per program, the row segment (tile + halo) and the padded
-    cell counts."""
+# ------------------------------------------------------------------------------------------------------ variants
+class Variant(NamedTuple):
+    """A launch configuration of one kernel: the upper bounds of the output rows / columns per program (cut to the
+    map), warps, software-pipelining stages, the ``tl.dot`` contraction and the 2^p + 1 H-cell split."""
+    bh: int
+    bw: int
+    num_warps: int
+    num_stages: int = 3
+    dot: bool = False
+    htail: bool = False
+
+    @property
+    def name(self) -> str:
+        flags = ('-dot' if self.dot else '') + ('-htail' if self.htail else '')
+        return f'bh{self.bh}-bw{self.bw}-w{self.num_warps}-s{self.num_stages}{flags}'
+
+
+def parse_variant(text: str) -> Variant:
+    """The variant named ``text`` (:attr:`Variant.name`, e.g. ``'bh64-bw32-w4-s3-dot'``)."""
+    m = re.fullmatch(r'bh(\d+)-bw(\d+)-w(\d+)-s(\d+)((?:-dot|-htail)*)', str(text).strip())
+    if m is None:
+        raise ValueError(f'{text!r} is not a Triton variant name; write it like "bh64-bw32-w4-s3" with optional '
+                         f'"-dot" and "-htail" suffixes')
+    bh, bw, warps, stages = (int(g) for g in m.groups()[:4])
+    for name, v in (('bh', bh), ('bw', bw), ('w', warps)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f'{text!r}: {name}{v} must be a power of two')
+    return Variant(bh, bw, warps, stages, '-dot' in m.group(5), '-htail' in m.group(5))
+
+
+class Launch(NamedTuple):
+    """What one launch uses: rows / columns per program, the row segment (tile + halo), padded cell counts, warps,
+    stages and the kernel switches."""
     bh: int
     bw: int
     bwh: int
     ghp: int
     gwp: int
     num_warps: int
+    num_stages: int
+    dot: bool
+    htail: bool
 
 
-def tiles(h: int, w: int, gh: int, gw: int, kw: int, block: int = _BLOCK_ELEMS) -> Tiles:
-    """Block sizes for an ``h x w`` map, ``gh x gw`` cells, a cropped kernel ``kw`` taps wide and a register block
-    of at most ``block`` elements."""
+def plan(v: Variant, h: int, w: int, gh: int, gw: int, kw: int) -> Optional[Launch]:
+    """The launch of variant ``v`` on an ``h x w`` map with ``gh x gw`` cropped cells and a kernel ``kw`` taps wide;
+    None when the variant cannot run this shape (``htail`` without ``2^p + 1`` H-cells, ``tl.dot`` below 16 rows)."""
+    bh = min(_next_pow2(h, 4), v.bh)
+    bw = min(_next_pow2(w, 8), v.bw)
+    if v.htail:
+        ghp = gh - 1
+        if ghp < 2 or ghp & (ghp - 1):
+            return None
+    else:
+        ghp = _next_pow2(gh, 2)
+    gwp = _next_pow2(gw, 2)
+    if v.dot:  # NOTE: tl.dot needs every dimension >= 16; padded cells have zero weights, extra columns are masked
+        if v.htail and ghp < 16:
+            return None
+        ghp, gwp, bw = max(ghp, 16), max(gwp, 16), max(bw, 16)
+    # NOTE: Triton's gather lowering asserts when the source (GHP, BW) tile holds fewer elements than the program
+    # has threads; small grids get padded cells (zero weights) instead
+    if ghp * bw < 32 * v.num_warps:
+        if v.htail:
+            return None
+        ghp = _next_pow2(_cdiv(32 * v.num_warps, bw))
+    return Launch(bh, bw, _next_pow2(bw + kw - 1), ghp, gwp, v.num_warps, v.num_stages, v.dot, v.htail)
+
+
+def default_variant(pass_: str, h: int, w: int, gh: int, gw: int) -> Variant:
+    """The variant used without tuning: the widest column tile whose ``(k'_h, k'_w, BW)`` contraction block fits
+    the pass's register budget, warps by block size."""
+    block = _BLOCK_ELEMS if pass_ == 'fwd' else _GRAD_W_BLOCK_ELEMS
     ghp, gwp = _next_pow2(gh, 2), _next_pow2(gw, 2)
     bh = min(_next_pow2(h, 4), _MAX_BH)
     bw = min(_next_pow2(w, 8), _MAX_BW)
@@ -85,11 +162,166 @@ def tiles(h: int, w: int, gh: int, gw: int, kw: int, block: int = _BLOCK_ELEMS) 
     while ghp * gwp * bw > block and bw > 8:
         bw //= 2
     elems = max(ghp * gwp * bw, bh * bw)
-    num_warps = 8 if elems >= 8192 else 4 if elems >= 2048 else 2
-    # NOTE: Triton's gather lowering asserts when the source (GHP, BW) tile holds fewer elements than the program
-    # has threads; small grids get padded cells (zero weights) instead
-    ghp = max(ghp, 32 * num_warps // bw)
-    return Tiles(bh, bw, _next_pow2(bw + kw - 1), ghp, gwp, num_warps)
+    return Variant(_MAX_BH, bw, 8 if elems >= 8192 else 4 if elems >= 2048 else 2)
+
+
+def candidates(pass_: str, h: int, w: int, gh: int, gw: int, kw: int, f64: bool = False) -> List[Variant]:
+    """The variants the tuner times for one shape, the default first; those with the same launch as an earlier
+    one, or that cannot run the shape, are left out."""
+    d = default_variant(pass_, h, w, gh, gw)
+    more = [d._replace(bw=min(d.bw * 2, 64)), d._replace(num_warps=min(d.num_warps * 2, 8))]
+    if pass_ == 'fwd':  # NOTE: fewer rows per program: more programs for small batches, more halo rows read
+        more += [d._replace(bh=16), d._replace(htail=True), d._replace(htail=True, bw=min(d.bw * 2, 64))]
+    if not f64:  # NOTE: tensor-core operands are float32 or bfloat16 values; float64 keeps the FMA contraction
+        more += [d._replace(dot=True, bw=bw, num_warps=4) for bw in ((32, 64) if pass_ == 'fwd' else (16, 32, 64))]
+        if pass_ == 'fwd':
+            more += [d._replace(dot=True, htail=True, bw=32, num_warps=4)]
+    out, seen = [], set()
+    for v in [d] + more:
+        launch = plan(v, h, w, gh, gw, kw)
+        if launch is not None and launch not in seen:
+            seen.add(launch)
+            out.append(v)
+    return out
+
+
+_CHOICES: Dict[tuple, Variant] = {}  # tuning key -> chosen variant
+_RECORDS: Dict[tuple, Dict] = {}  # tuning key -> what was timed (for the GPU check's table)
+_FORCED: Dict[str, Optional[Variant]] = {p: None for p in PASSES}
+
+
+def clear_variant_cache() -> None:
+    """Forget the in-process variant choices and timings (the cache file is kept)."""
+    _CHOICES.clear()
+    _RECORDS.clear()
+
+
+def tuning_records() -> Dict[tuple, Dict]:
+    """Per tuning key ``(pass, dtype, N, C, H, W, channels_last, lo_h, hi_h, lo_w, hi_w)``: every candidate's time
+    in ms (or its error), the winner and how it was chosen."""
+    return {k: dict(v) for k, v in _RECORDS.items()}
+
+
+@contextlib.contextmanager
+def use_variant(pass_: str, variant) -> Iterator[None]:
+    """Run pass ``pass_`` (``'fwd'`` or ``'grad_w'``) with ``variant`` (a :class:`Variant` or its name) inside the
+    block, without tuning (tests, benchmarks)."""
+    if pass_ not in PASSES:
+        raise ValueError(f'pass_={pass_!r}: use one of {PASSES}')
+    old = _FORCED[pass_]
+    _FORCED[pass_] = variant if isinstance(variant, Variant) else parse_variant(variant)
+    try:
+        yield
+    finally:
+        _FORCED[pass_] = old
+
+
+def _env_variant(pass_: str) -> Optional[Variant]:
+    """``$PELK_MM_TRITON_VARIANT``: ``NAME`` for both passes or ``fwd=NAME,grad_w=NAME``."""
+    text = os.environ.get(VARIANT_ENV_VAR, '').strip()
+    if not text:
+        return None
+    for part in text.split(','):
+        key, sep, value = part.partition('=')
+        if not sep:
+            return parse_variant(key)
+        if key.strip() not in PASSES:
+            raise ValueError(f'${VARIANT_ENV_VAR}={text!r}: {key.strip()!r} is not a pass; write NAME or '
+                             f'fwd=NAME,grad_w=NAME')
+        if key.strip() == pass_:
+            return parse_variant(value)
+    return None
+
+
+def tuning_enabled(x: torch.Tensor) -> bool:
+    """Whether the variants are timed: never under ``torch.use_deterministic_algorithms`` (the default variant's
+    grad-weight sums in the same order on every run; a tuned choice is the same only on runs that read the same
+    cache file), else ``$PELK_MM_TRITON_TUNE`` (1/0), else on for CUDA inputs."""
+    if torch.are_deterministic_algorithms_enabled():
+        return False
+    env = os.environ.get(TUNE_ENV_VAR, '').strip().lower()
+    if env in ('0', 'false', 'no', 'off'):
+        return False
+    if env in ('1', 'true', 'yes', 'on'):
+        return True
+    if env:
+        raise ValueError(f'${TUNE_ENV_VAR}={os.environ[TUNE_ENV_VAR]!r} is neither on nor off: set it to 1 (time '
+                         f'the Triton variants), 0 (the default variant) or unset it (timed on CUDA)')
+    return x.is_cuda
+
+
+def _time_ms(launch: Callable[[Variant], object], v: Variant, device: torch.device, reps: int = 5) -> float:
+    """Milliseconds per ``launch(v)`` after one warm-up call (which compiles): one timed call when it takes 20 ms or
+    more, else the best of two groups of ``reps``."""
+
+    def timed(count: int) -> float:
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(count):
+                launch(v)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / count
+        t0 = time.perf_counter()
+        for _ in range(count):
+            launch(v)
+        return (time.perf_counter() - t0) * 1e3 / count
+
+    launch(v)
+    first = timed(1)
+    if first >= 20.0:
+        return first
+    return min(first, timed(reps), timed(reps))
+
+
+def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: List[Variant],
+            launch: Callable[[Variant], object]) -> Variant:
+    """The variant for ``key``: forced, else remembered, else from the cache file, else timed (every candidate,
+    fastest wins), else the default."""
+    forced = _FORCED[pass_] or _env_variant(pass_)
+    if forced is not None:
+        return forced
+    if key in _CHOICES:
+        return _CHOICES[key]
+    if torch.compiler.is_compiling() or not tuning_enabled(x):
+        return cands[0]
+    path = _tune_store.cache_file(x.device, 'triton')
+    stored = _tune_store.load(path).get(_tune_store.key_text(key))
+    record: Dict = dict(candidates={})
+    chosen = None
+    if stored is not None:
+        try:
+            chosen = parse_variant(stored)
+            record['how'] = f'cache file {path}'
+        except ValueError:
+            chosen = None
+    if chosen is None:
+        for v in cands:
+            try:
+                record['candidates'][v.name] = _time_ms(launch, v, x.device)
+            except Exception as err:  # noqa: BLE001 - a variant that does not compile or run is not chosen
+                record['candidates'][v.name] = f'{type(err).__name__}: {str(err)[:200]}'
+        timed = {n: t for n, t in record['candidates'].items() if isinstance(t, float)}
+        if not timed:
+            raise RuntimeError(f'pelk_mm: no Triton variant of the {pass_} kernel runs for {key}: '
+                               f'{record["candidates"]}')
+        chosen = parse_variant(min(timed, key=timed.get))
+        record['how'] = 'timed'
+        choices = _tune_store.load(path)
+        choices[_tune_store.key_text(key)] = chosen.name
+        _tune_store.save(path, choices)
+    record.update(winner=chosen.name, default=cands[0].name)
+    _RECORDS[key] = record
+    _CHOICES[key] = chosen
+    logger.info('pelk_mm triton %s: %s -> %s (%s)', pass_, key, chosen.name, record['how'])
+    return chosen
+
+
+def _tune_key(pass_: str, x: torch.Tensor, lo_h, hi_h, lo_w, hi_w) -> tuple:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return (pass_, str(x.dtype).replace('torch.', ''), *x.shape, channels_last, tuple(lo_h), tuple(hi_h),
+            tuple(lo_w), tuple(hi_w))
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,13 +347,22 @@ def forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: 
         return y
     gh, gw = len(lo_h), len(lo_w)
     kw = hi_w[-1] - lo_w[0] + 1
-    t = tiles(H, W, gh, gw, kw)
     dev = str(x.device)
-    grid = (N * C, _cdiv(H, t.bh), _cdiv(W, t.bw))
-    kernels().periconv_fwd_kernel[grid](
-        x, w.contiguous(), y, _int_table(_cell_of(lo_h, hi_h), dev), _int_table(tuple(lo_w), dev),
-        _int_table(tuple(hi_w), dev), C, H, W, gh, gw, lo_h[0], hi_h[-1], lo_w[0], kw, *x.stride(), *y.stride(),
-        BH=t.bh, BW=t.bw, BWH=t.bwh, GHP=t.ghp, GWP=t.gwp, F64=x.dtype == torch.float64, num_warps=t.num_warps)
+    w = w.contiguous()
+    tables = (_int_table(_cell_of(lo_h, hi_h), dev), _int_table(tuple(lo_w), dev), _int_table(tuple(hi_w), dev))
+    f64 = x.dtype == torch.float64
+
+    def launch(v: Variant) -> None:
+        p = plan(v, H, W, gh, gw, kw)
+        if p is None or (p.dot and f64):
+            raise ValueError(f'Triton variant {v.name} cannot run a {H}x{W} {x.dtype} map with {gh}x{gw} cells')
+        kernels().periconv_fwd_kernel[(N * C, _cdiv(H, p.bh), _cdiv(W, p.bw))](
+            x, w, y, *tables, C, H, W, gh, gw, lo_h[0], hi_h[-1], lo_w[0], kw, *x.stride(), *y.stride(),
+            BH=p.bh, BW=p.bw, BWH=p.bwh, GHP=p.ghp, GWP=p.gwp, F64=f64, DOT=p.dot, HTAIL=p.htail,
+            num_warps=p.num_warps, num_stages=p.num_stages)
+
+    key = _tune_key('fwd', x, lo_h, hi_h, lo_w, hi_w)
+    launch(_choose('fwd', key, x, candidates('fwd', H, W, gh, gw, kw, f64), launch))
     return y
 
 
@@ -135,20 +376,29 @@ def grad_weight_triton(x: torch.Tensor, gy: torch.Tensor, lo_h: Sequence[int], h
     if x.numel() == 0:
         return x.new_zeros((C, gh, gw), dtype=acc)
     kw = hi_w[-1] - lo_w[0] + 1
-    t = tiles(H, W, gh, gw, kw, _GRAD_W_BLOCK_ELEMS)
-    n_hw = _cdiv(H, t.bh) * _cdiv(W, t.bw)
-    # NOTE: the split depends on the shape only, so the summation order (and the result) is the same on every run
-    # and every GPU model
-    per_program = _cdiv(N, min(N, max(1, _cdiv(_GRAD_W_PROGRAMS, C * n_hw))))
-    chunks = _cdiv(N, per_program)
-    part = torch.empty((chunks * n_hw, C, gh, gw), dtype=acc, device=x.device)
     dev = str(x.device)
     smax = max(h - l + 1 for l, h in zip(lo_h, hi_h))
-    kernels().periconv_grad_w_kernel[(chunks, C, n_hw)](
-        x, gy, part, _int_table(tuple(lo_h), dev), _int_table(tuple(hi_h), dev), _int_table(tuple(lo_w), dev),
-        _int_table(tuple(hi_w), dev), N, C, H, W, gh, gw, lo_w[0], kw, smax, per_program, *x.stride(), *gy.stride(),
-        BH=t.bh, BW=t.bw, BWH=t.bwh, GHP=t.ghp, GWP=t.gwp, F64=x.dtype == torch.float64, num_warps=t.num_warps)
-    return part.sum(0)
+    tables = tuple(_int_table(tuple(t), dev) for t in (lo_h, hi_h, lo_w, hi_w))
+    f64 = x.dtype == torch.float64
+
+    def launch(v: Variant) -> torch.Tensor:
+        p = plan(v, H, W, gh, gw, kw)
+        if p is None or (p.dot and f64):
+            raise ValueError(f'Triton variant {v.name} cannot run a {H}x{W} {x.dtype} map with {gh}x{gw} cells')
+        n_hw = _cdiv(H, p.bh) * _cdiv(W, p.bw)
+        # NOTE: the split depends on the shape and the variant only, so the summation order (and the result) is the
+        # same on every run and every GPU model that runs this variant
+        per_program = _cdiv(N, min(N, max(1, _cdiv(_GRAD_W_PROGRAMS, C * n_hw))))
+        chunks = _cdiv(N, per_program)
+        part = torch.empty((chunks * n_hw, C, gh, gw), dtype=acc, device=x.device)
+        kernels().periconv_grad_w_kernel[(chunks, C, n_hw)](
+            x, gy, part, *tables, N, C, H, W, gh, gw, lo_w[0], kw, smax, per_program, *x.stride(), *gy.stride(),
+            BH=p.bh, BW=p.bw, BWH=p.bwh, GHP=p.ghp, GWP=p.gwp, F64=f64, DOT=p.dot,
+            num_warps=p.num_warps, num_stages=p.num_stages)
+        return part.sum(0)
+
+    key = _tune_key('grad_w', x, lo_h, hi_h, lo_w, hi_w)
+    return launch(_choose('grad_w', key, x, candidates('grad_w', H, W, gh, gw, kw, f64), launch))
 
 
 # ----------------------------------------------------------------------------------------------------------- ops

@@ -46,6 +46,27 @@ def _row_cell_sums(row_ptr, sw, j0, W, LW, KW, idx_hi, idx_lo, has_lo, BW: tl.co
 
 
 @triton.jit
+def _dot_operand(a, in_ty: tl.constexpr):
+    """A float32 ``tl.dot`` operand: as it is for float32 inputs, rounded to bfloat16 for half inputs."""
+    if in_ty == tl.float32:
+        return a
+    return a.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _dot(a, b, acc, in_ty: tl.constexpr):
+    """``a @ b (+ acc)`` in float32: exact products (``ieee``) for float32 inputs; for half inputs the operands are
+    bfloat16 values, which TF32 tensor cores multiply exactly.
+
+    NOTE: bfloat16 operands are passed as float32 with ``tf32`` precision rather than as ``tl.bfloat16``: the same
+    products on the GPU, and Triton's interpreter (which misreads ``tl.bfloat16`` dot operands) computes them too,
+    so the tests check the arithmetic the GPU runs."""
+    if in_ty == tl.float32:
+        return tl.dot(a, b, acc, input_precision='ieee', out_dtype=tl.float32)
+    return tl.dot(a, b, acc, input_precision='tf32', out_dtype=tl.float32)
+
+
+@triton.jit
 def _cell_gather_indices(lo_w_ptr, hi_w_ptr, GW, LW, BW: tl.constexpr, BWH: tl.constexpr, GWP: tl.constexpr):
     """Prefix-sum positions of every W-cell's last tap and of the tap before its first, per output column."""
     offs_b = tl.arange(0, GWP)
@@ -63,11 +84,16 @@ def periconv_fwd_kernel(x_ptr, w_ptr, y_ptr, cell_ptr, lo_w_ptr, hi_w_ptr,
                         C, H, W, GH, GW, DMIN, DMAX, LW, KW,
                         sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                         BH: tl.constexpr, BW: tl.constexpr, BWH: tl.constexpr, GHP: tl.constexpr,
-                        GWP: tl.constexpr, F64: tl.constexpr):
+                        GWP: tl.constexpr, F64: tl.constexpr, DOT: tl.constexpr = False,
+                        HTAIL: tl.constexpr = False):
     """``y = conv(x)`` for one ``(n, c)`` plane, ``BH`` output rows and ``BW`` output columns.
 
     ``cell_ptr[d - DMIN]`` is the H-cell holding row offset ``d`` in ``[DMIN, DMAX]``; ``LW``/``KW`` are the first
     W offset and the W extent of the cropped kernel.
+
+    ``DOT``: the ``k' x k'`` contraction as ``tl.dot`` (tensor cores for half inputs, whose box sums then enter it in
+    bfloat16; exact float32 products for float32 inputs). ``HTAIL``: ``GH == GHP + 1`` cells, the last one kept
+    apart as a single row of ``T`` (a 17-cell grid is contracted as 16 + 1 rows instead of padded to 32).
     """
     acc_ty = tl.float64 if F64 else tl.float32
     pid_nc = tl.program_id(0)
@@ -81,7 +107,12 @@ def periconv_fwd_kernel(x_ptr, w_ptr, y_ptr, cell_ptr, lo_w_ptr, hi_w_ptr,
     offs_j = tl.arange(0, BW)
     idx_hi, idx_lo, has_lo = _cell_gather_indices(lo_w_ptr, hi_w_ptr, GW, LW, BW, BWH, GWP)
     w_mask = (offs_a[:, None] < GH) & (offs_b[None, :] < GW)
-    wt = tl.load(w_ptr + c * GH * GW + offs_a[:, None] * GW + offs_b[None, :], mask=w_mask, other=0.0).to(acc_ty)
+    w_plane = w_ptr + c * GH * GW
+    wt = tl.load(w_plane + offs_a[:, None] * GW + offs_b[None, :], mask=w_mask, other=0.0).to(acc_ty)
+    if HTAIL:
+        w_tail = tl.load(w_plane + GHP * GW + offs_b, mask=offs_b < GW, other=0.0).to(acc_ty)
+    if DOT:
+        wt_dot = _dot_operand(wt, x_ptr.dtype.element_ty)
     x_plane = x_ptr + n * sxn + c * sxc
     acc = tl.zeros((BH, BW), dtype=acc_ty)
     r_first = tl.maximum(i0 + DMIN, 0)
@@ -89,11 +120,19 @@ def periconv_fwd_kernel(x_ptr, w_ptr, y_ptr, cell_ptr, lo_w_ptr, hi_w_ptr,
     for r in range(r_first, r_last + 1):
         rb = _row_cell_sums(x_plane + tl.cast(r, tl.int64) * sxh, sxw, j0, W, LW, KW, idx_hi, idx_lo, has_lo,
                             BW, BWH, GWP, F64)
-        t = tl.sum(wt[:, :, None] * rb[None, :, :], axis=1)  # (GHP, BW): the k' x k' contraction
+        if DOT:  # (GHP, BW): the k' x k' contraction
+            t = _dot(wt_dot, _dot_operand(rb, x_ptr.dtype.element_ty), None, x_ptr.dtype.element_ty)
+        else:
+            t = tl.sum(wt[:, :, None] * rb[None, :, :], axis=1)
         d = r - i0 - offs_i  # offset of row r seen from output row i0 + i
         seen = (d >= DMIN) & (d <= DMAX)
         cell = tl.load(cell_ptr + (d - DMIN), mask=seen, other=0)
-        picked = tl.gather(t, tl.broadcast_to(cell[:, None], (BH, BW)), axis=0)
+        if HTAIL:
+            t_tail = tl.sum(w_tail[:, None] * rb, axis=0)  # (BW,): the contraction row of cell GHP
+            picked = tl.gather(t, tl.broadcast_to(tl.minimum(cell, GHP - 1)[:, None], (BH, BW)), axis=0)
+            picked = tl.where((cell == GHP)[:, None], t_tail[None, :], picked)
+        else:
+            picked = tl.gather(t, tl.broadcast_to(cell[:, None], (BH, BW)), axis=0)
         acc += tl.where(seen[:, None], picked, 0.0)
     rows = i0 + offs_i
     cols = j0 + offs_j
@@ -106,12 +145,14 @@ def periconv_grad_w_kernel(x_ptr, g_ptr, part_ptr, lo_h_ptr, hi_h_ptr, lo_w_ptr,
                            N, C, H, W, GH, GW, LW, KW, SMAX, NPER,
                            sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
                            BH: tl.constexpr, BW: tl.constexpr, BWH: tl.constexpr, GHP: tl.constexpr,
-                           GWP: tl.constexpr, F64: tl.constexpr):
+                           GWP: tl.constexpr, F64: tl.constexpr, DOT: tl.constexpr = False):
     """Partial ``gw[c]`` (``c = pid1``) of images ``NPER * pid0 ..`` (at most ``NPER``), rows ``i0 .. i0 + BH``
     and columns ``j0 .. j0 + BW`` of row/column tile ``pid2``, into ``part_ptr[(pid0 * num_programs(2) + pid2) * C
     + c]`` (``(GH, GW)`` each).
 
-    ``SMAX`` is the widest H-cell (the start-up window sum of ``V`` loops over it once per program).
+    ``SMAX`` is the widest H-cell (the start-up window sum of ``V`` loops over it once per program). ``DOT``: each
+    row's ``V R^T`` as one ``tl.dot`` into a ``(k', k')`` accumulator instead of a ``(k', k', BW)`` block of
+    products (bfloat16 operands for half inputs, exact float32 products for float32).
     """
     acc_ty = tl.float64 if F64 else tl.float32
     c = tl.program_id(1).to(tl.int64)
@@ -128,7 +169,10 @@ def periconv_grad_w_kernel(x_ptr, g_ptr, part_ptr, lo_h_ptr, hi_h_ptr, lo_w_ptr,
     cell_ok = offs_a < GH
     lo_h = tl.load(lo_h_ptr + offs_a, mask=cell_ok, other=0)
     hi_h = tl.load(hi_h_ptr + offs_a, mask=cell_ok, other=-1)  # padded cells are empty
-    acc = tl.zeros((GHP, GWP, BW), dtype=acc_ty)
+    if DOT:
+        acc = tl.zeros((GHP, GWP), dtype=acc_ty)
+    else:
+        acc = tl.zeros((GHP, GWP, BW), dtype=acc_ty)
     r_end = tl.minimum(i0 + BH, H)
     n_first = tl.program_id(0) * NPER
     for n in range(n_first, tl.minimum(n_first + NPER, N)):
@@ -155,8 +199,15 @@ def periconv_grad_w_kernel(x_ptr, g_ptr, part_ptr, lo_h_ptr, hi_h_ptr, lo_w_ptr,
                          mask=out_ok[:, None] & col_ok[None, :], other=0.0).to(acc_ty)
             rb = _row_cell_sums(x_plane + tl.cast(r, tl.int64) * sxh, sxw, j0, W, LW, KW, idx_hi, idx_lo,
                                 has_lo, BW, BWH, GWP, F64)
-            acc += v[:, None, :] * rb[None, :, :]
-    part = tl.sum(acc, axis=2)
+            if DOT:
+                in_ty = x_ptr.dtype.element_ty
+                acc = _dot(_dot_operand(v, in_ty), tl.trans(_dot_operand(rb, in_ty)), acc, in_ty)
+            else:
+                acc += v[:, None, :] * rb[None, :, :]
+    if DOT:
+        part = acc
+    else:
+        part = tl.sum(acc, axis=2)
     tile = (tl.program_id(0) * tl.num_programs(2) + pid_hw).to(tl.int64) * C + c
     p_mask = cell_ok[:, None] & (offs_b[None, :] < GW)
     tl.store(part_ptr + tile * GH * GW + offs_a[:, None] * GW + offs_b[None, :], part, mask=p_mask)

@@ -58,13 +58,9 @@ keeps the runtime policy (the kernels are opaque custom ops there).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import platform
-import re
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
@@ -72,7 +68,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _impl_cpp, _impl_onnx, _impl_torch, _impl_triton
+from . import _impl_cpp, _impl_onnx, _impl_torch, _impl_triton, _tune_store
 from .sharing_grid import expand_kernel
 
 logger = logging.getLogger(__name__)
@@ -100,7 +96,6 @@ class ConvImpl:
 
 _IMPLS: Dict[str, ConvImpl] = {}
 _AUTOTUNE: Dict[tuple, str] = {}
-_PERSISTED: Dict[str, Dict[str, str]] = {}  # cache file -> {key text: name}
 _RANK_CHOICES: Dict[tuple, str] = {}  # in a process group: rank key -> rank 0's choice
 _autotune_flag: Optional[bool] = None  # None: follow $PELK_MM_CONV_AUTOTUNE
 _export_form: Optional[str] = None  # None: follow $PELK_MM_EXPORT_CONV_FORM
@@ -222,53 +217,16 @@ def autotune_cache() -> Dict[tuple, str]:
 def clear_autotune_cache() -> None:
     """Forget the in-process choices (the cache file is kept; delete it to re-time)."""
     _AUTOTUNE.clear()
-    _PERSISTED.clear()
     _RANK_CHOICES.clear()
+    _tune_store.forget()
+    _impl_triton.clear_variant_cache()
 
 
-def _package_version(name: str) -> str:
-    try:
-        from importlib.metadata import version
-        return version(name)
-    except Exception:  # noqa: BLE001 - not installed
-        return 'none'
-
-
-def autotune_cache_file(device: torch.device) -> str:
-    """The file that keeps the autotune choices across runs: under ``$PELK_MM_CACHE`` (default ``~/.cache/pelk_mm``,
-    where the set-up caches its wheels), one per device model, torch and triton version."""
-    root = os.environ.get('PELK_MM_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'pelk_mm')
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine() or device.type
-    tag = f'{device.type}-{name}-torch{torch.__version__}-triton{_package_version("triton")}'
-    return os.path.join(root, 'autotune', re.sub(r'[^A-Za-z0-9._+-]+', '_', tag) + '.json')
-
-
-def _key_text(key: tuple) -> str:
-    return '|'.join(str(k) for k in key)
-
-
-def _persisted(path: str) -> Dict[str, str]:
-    if path not in _PERSISTED:
-        try:
-            with open(path) as f:
-                _PERSISTED[path] = {str(k): str(v) for k, v in json.load(f).items()}
-        except (OSError, ValueError, AttributeError):
-            _PERSISTED[path] = {}
-    return _PERSISTED[path]
-
-
-def _persist(path: str, choices: Dict[str, str]) -> None:
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.autotune.', suffix='.tmp', dir=os.path.dirname(path))
-        with os.fdopen(fd, 'w') as f:
-            json.dump(choices, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)  # concurrent writers: the last complete file wins
-    except OSError as err:
-        logger.debug('pelk_mm autotune: cannot write %s: %s', path, err)
+autotune_cache_file = _tune_store.cache_file
+_package_version = _tune_store.package_version
+_key_text = _tune_store.key_text
+_persisted = _tune_store.load
+_persist = _tune_store.save
 
 
 def _distributed() -> Optional[tuple]:

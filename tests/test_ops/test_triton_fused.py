@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pelk_mm.ops import _impl_triton, peripheral_conv2d, peripheral_grid
+from pelk_mm.ops import _impl_triton, _tune_store, peripheral_conv2d, peripheral_grid
+from pelk_mm.ops._cells import axis_cells
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -202,27 +203,34 @@ COMPILE_SCRIPT = textwrap.dedent('''
     from pelk_mm.ops import _impl_triton as it, peripheral_grid
     from pelk_mm.ops._cells import axis_cells
     k = it.kernels()
+    total = 0
     for kernel_size, centre, size, dtype in [(51, 5, 56, 'fp32'), (101, 7, 56, 'bf16'), (3, 3, 7, 'fp16'),
                                              (13, 5, 7, 'fp32')]:
         cells = axis_cells(peripheral_grid(kernel_size, centre), size)
         g, kw = len(cells.lo), cells.hi[-1] - cells.lo[0] + 1
-        for fn, block in ((k.periconv_fwd_kernel, it._BLOCK_ELEMS),
-                          (k.periconv_grad_w_kernel, it._GRAD_W_BLOCK_ELEMS)):
-            t = it.tiles(size, size, g, g, kw, block)
-            const = dict(BH=t.bh, BW=t.bw, BWH=t.bwh, GHP=t.ghp, GWP=t.gwp, F64=False)
-            sig = {a: 'constexpr' if a in const else
-                   ('*i32' if a in ('cell_ptr', 'lo_w_ptr', 'hi_w_ptr', 'lo_h_ptr', 'hi_h_ptr') else
-                    '*fp32' if a == 'part_ptr' else '*' + dtype) if a.endswith('_ptr') else 'i32'
-                   for a in fn.arg_names}
-            src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const)
-            triton.compile(src, target=GPUTarget('cuda', 90, 32), options=dict(num_warps=t.num_warps))
-            print('compiled', fn.fn.__name__, kernel_size, size, dtype, tuple(t), flush=True)
+        for fn, pass_ in ((k.periconv_fwd_kernel, 'fwd'), (k.periconv_grad_w_kernel, 'grad_w')):
+            for v in it.candidates(pass_, size, size, g, g, kw):
+                p = it.plan(v, size, size, g, g, kw)
+                const = dict(BH=p.bh, BW=p.bw, BWH=p.bwh, GHP=p.ghp, GWP=p.gwp, F64=False, DOT=p.dot)
+                if pass_ == 'fwd':
+                    const['HTAIL'] = p.htail
+                sig = {a: 'constexpr' if a in const else
+                       ('*i32' if a in ('cell_ptr', 'lo_w_ptr', 'hi_w_ptr', 'lo_h_ptr', 'hi_h_ptr') else
+                        '*fp32' if a == 'part_ptr' else '*' + dtype) if a.endswith('_ptr') else 'i32'
+                       for a in fn.arg_names}
+                src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const)
+                triton.compile(src, target=GPUTarget('cuda', 90, 32),
+                               options=dict(num_warps=p.num_warps, num_stages=p.num_stages))
+                total += 1
+                print('compiled', pass_, kernel_size, size, dtype, v.name, flush=True)
+    print('total', total)
 ''')
 
 
 def test_triton_kernels_compile_for_hopper(tmp_path):
-    """The kernels compile to sm_90 cubins (bundled ptxas; no GPU needed) at PeLK stage shapes and for a tiny grid:
-    the interpreter does not check what the GPU compiler rejects (e.g. gathers from tiles smaller than a program)."""
+    """Every launch variant the tuner can pick compiles to an sm_90 cubin (bundled ptxas; no GPU needed) at PeLK
+    stage shapes and for a tiny grid: the interpreter does not check what the GPU compiler rejects (e.g. gathers from
+    tiles smaller than a program, tl.dot shapes)."""
     try:
         import triton.backends.nvidia  # noqa: F401
     except Exception as err:  # noqa: BLE001 - no CUDA backend in this triton build
@@ -233,12 +241,17 @@ def test_triton_kernels_compile_for_hopper(tmp_path):
     env['TRITON_CACHE_DIR'] = str(tmp_path / 'cache')
     proc = subprocess.run([sys.executable, str(script), ROOT], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert proc.stdout.count('compiled') == 8, proc.stdout
+    lines = proc.stdout.splitlines()
+    compiled = [line for line in lines if line.startswith('compiled ')]
+    assert lines[-1] == f'total {len(compiled)}' and len(compiled) >= 30, proc.stdout
+    names = ' '.join(compiled)
+    assert '-dot' in names and '-htail' in names and ' 101 56 bf16 ' in names, names
 
 
 def test_gpu_check_quick_smoke(triton_interpreter, tmp_path):
     """``benchmarks/gpu_check.py --quick`` (on CPU: the Triton kernels through the interpreter) writes the JSON with
-    every part's status and time, the battery summary, the benchmark rows, the training rows and the table."""
+    every part's status and time, the battery summary, the tuned variants with their roofline share, the benchmark
+    rows, the training rows and the table."""
     spec = importlib.util.spec_from_file_location('gpu_check', os.path.join(ROOT, 'benchmarks', 'gpu_check.py'))
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
@@ -247,11 +260,20 @@ def test_gpu_check_quick_smoke(triton_interpreter, tmp_path):
                     '--dtypes', 'float32', '--bench-dtypes', 'float32', '--train-precisions', 'float32'])
     data = json.loads((tmp_path / 'gpu_check.json').read_text())
     parts = data['parts']
-    assert set(parts) == {'battery', 'bench', 'train'}
+    assert set(parts) == {'battery', 'variants', 'bench', 'train'}
     assert all(p['status'] in ('ok', 'skipped') and p['seconds'] >= 0 for p in parts.values()), parts
     summary = {(g['impl'], g['layout']): g for g in parts['battery']['summary']}
     assert set(summary) == {(i, layout) for i in ('triton', 'box') for layout in ('NCHW', 'channels_last')}
     assert all(g['checks'] > 0 and g['failed'] == 0 and g['worst_err_over_tol'] <= 1 for g in summary.values())
+    variants = parts['variants']
+    assert {r['pass_'] for r in variants['rows']} == {'fwd', 'grad_w'} and variants['checks'], variants
+    assert all(c['ok'] for c in variants['checks']), variants['checks']
+    for r in variants['rows']:  # every candidate timed by the tuner, the winner the fastest, its roofline share
+        times = {n: t for n, t in r['candidates'].items() if isinstance(t, float)}
+        assert len(times) >= 3 and r['winner'] == min(times, key=times.get) and r['failed'] == [], r
+        assert r['winner_ms'] > 0 and 0 < r['roofline_share'] < 1 and r['gflops'] > 0 and r['gbytes'] > 0, r
+    assert variants['peaks']['copy_gbps'] > 0 and variants['peaks']['mm_tflops']['float32'] > 0
+    assert '| pass | dtype | N,C,HxW | layout | cells | winner |' in data['table']
     bench = parts['bench']['rows']
     assert {r['impl'] for r in bench} >= {'dw7', 'triton', 'box', 'auto'} and not parts['bench']['errors']
     assert all(r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0 and 'speedup_vs_dense_same_layout_fwd_bwd' in r for r in bench)
@@ -273,3 +295,102 @@ def test_triton_support_check_does_no_package_lookup(monkeypatch):
 
     monkeypatch.setattr(importlib.util, 'find_spec', no_lookup)
     assert _impl_triton.triton_available() is expected
+
+
+# ------------------------------------------------------------------------------------------------ variants
+# 9 cells (8 + 1 split) and 17 H-cells (16 + 1 split, with tl.dot) after cropping
+VARIANT_CASES = [(2, 3, 9, 11, peripheral_grid(13)), (1, 2, 36, 10, peripheral_grid(101, 7))]
+
+
+def _shape_args(h, w, grid):
+    ch, cw = axis_cells(grid, h), axis_cells(grid, w)
+    return h, w, len(ch.lo), len(cw.lo), cw.hi[-1] - cw.lo[0] + 1
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('case', VARIANT_CASES, ids=_case_id)
+def test_triton_every_variant_matches_reference(triton_interpreter, case, dtype):
+    """Every launch variant the tuner can pick -- tile shapes, warps, the tl.dot contraction, the 2^p + 1 H-cell
+    split -- gives forward, grad-input and grad-weight within the tolerance (bfloat16: the variants whose arithmetic
+    differs, i.e. the tl.dot ones)."""
+    n, c, h, w, grid = case
+    x, wt = _make(n, c, h, w, grid, dtype, seed=11)
+    shape = _shape_args(h, w, grid)
+    fwd, gw = (_impl_triton.candidates(p, *shape) for p in _impl_triton.PASSES)
+    assert any(v.dot for v in fwd) and any(v.dot for v in gw) and any(v.htail for v in fwd), (fwd, gw)
+    if dtype != torch.float32:
+        fwd, gw = [v for v in fwd if v.dot], [v for v in gw if v.dot]
+    for i in range(max(len(fwd), len(gw))):
+        with _impl_triton.use_variant('fwd', fwd[i % len(fwd)]), _impl_triton.use_variant('grad_w', gw[i % len(gw)]):
+            check_impl('triton', x, wt, grid, TOL[dtype])
+
+
+@pytest.fixture
+def tuning(monkeypatch, tmp_path):
+    """Tuning on (as on CUDA), a fresh cache directory, nothing remembered; fake timings from ``times``."""
+    monkeypatch.setenv('PELK_MM_CACHE', str(tmp_path))
+    monkeypatch.setenv('PELK_MM_TRITON_TUNE', '1')
+    monkeypatch.delenv('PELK_MM_TRITON_VARIANT', raising=False)
+    timed = []
+
+    def fake_time_ms(launch, v, device, reps=5):
+        timed.append(v.name)
+        launch(v)  # a real launch: a variant that fails here is not chosen
+        return 1.0 if v.dot and v.bw == 32 else 2.0
+
+    monkeypatch.setattr(_impl_triton, '_time_ms', fake_time_ms)
+    _impl_triton.clear_variant_cache()
+    _tune_store.forget()
+    yield timed
+    _impl_triton.clear_variant_cache()
+    _tune_store.forget()
+
+
+def test_triton_tuner_times_every_candidate_and_keeps_the_fastest(triton_interpreter, tuning, tmp_path):
+    """Every candidate is timed once per pass and shape, the fastest is used and stored in the cache file; a new
+    process reads it without timing; the timings stay readable for the GPU check."""
+    grid = peripheral_grid(51)
+    x, wt = _make(1, 2, 20, 40, grid, torch.float32, seed=12)
+    check_impl('triton', x, wt, grid, TOL[torch.float32])
+    shape = _shape_args(20, 40, grid)
+    expected = {p: [v.name for v in _impl_triton.candidates(p, *shape)] for p in _impl_triton.PASSES}
+    assert sorted(tuning) == sorted(expected['fwd'] + expected['grad_w'])  # grad-input reuses the forward's choice
+    records = _impl_triton.tuning_records()
+    assert {k[0] for k in records} == {'fwd', 'grad_w'}
+    for key, rec in records.items():
+        assert set(rec['candidates']) == set(expected[key[0]]) and rec['how'] == 'timed'
+        assert rec['winner'] == next(n for n in expected[key[0]] if '-dot' in n and '-bw32-' in n), rec
+    stored = json.loads(open(_tune_store.cache_file(x.device, 'triton')).read())
+    assert sorted(stored.values()) == sorted(r['winner'] for r in records.values())
+    _impl_triton.clear_variant_cache()
+    _tune_store.forget()
+    tuning.clear()
+    check_impl('triton', x, wt, grid, TOL[torch.float32])
+    assert tuning == [] and all('cache file' in r['how'] for r in _impl_triton.tuning_records().values())
+
+
+def test_triton_variant_forced_or_default(triton_interpreter, tuning, monkeypatch):
+    """``use_variant`` and ``$PELK_MM_TRITON_VARIANT`` run a variant without timing; deterministic algorithms and
+    ``$PELK_MM_TRITON_TUNE=0`` run the default; a malformed value is refused in one line naming it."""
+    grid = peripheral_grid(13)
+    x, wt = _make(1, 2, 9, 11, grid, torch.float32, seed=13)
+    with _impl_triton.use_variant('fwd', 'bh16-bw16-w4-s3-dot'), _impl_triton.use_variant('grad_w', 'bh64-bw16-w2-s1'):
+        check_impl('triton', x, wt, grid, TOL[torch.float32])
+    monkeypatch.setenv('PELK_MM_TRITON_VARIANT', 'fwd=bh64-bw16-w4-s3-htail,grad_w=bh64-bw16-w4-s3-dot')
+    check_impl('triton', x, wt, grid, TOL[torch.float32])
+    assert tuning == [] and _impl_triton.tuning_records() == {}
+    monkeypatch.delenv('PELK_MM_TRITON_VARIANT')
+    torch.use_deterministic_algorithms(True)
+    try:
+        check_impl('triton', x, wt, grid, TOL[torch.float32])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    monkeypatch.setenv('PELK_MM_TRITON_TUNE', '0')
+    check_impl('triton', x, wt, grid, TOL[torch.float32])
+    assert tuning == []
+    monkeypatch.setenv('PELK_MM_TRITON_VARIANT', 'bh64-bw24-w4-s3')
+    with pytest.raises(ValueError, match=r"'bh64-bw24-w4-s3': bw24 must be a power of two"):
+        peripheral_conv2d(x, wt, grid, 'triton')
+    monkeypatch.setenv('PELK_MM_TRITON_VARIANT', 'fast')
+    with pytest.raises(ValueError, match=r"'fast' is not a Triton variant name"):
+        peripheral_conv2d(x, wt, grid, 'triton')
