@@ -12,7 +12,8 @@ Fused kernels (:mod:`._triton_kernels`), no ``K x K`` loop and no ``k'``-times i
 
 Launch variants. Each pass runs as one :class:`Variant`: rows and columns per program, warps, pipelining stages, the
 ``k' x k'`` contraction as ``tl.dot`` (tensor cores for half inputs) or as FMAs, and for ``2^p + 1`` H-cells (9, 17)
-the last cell kept apart instead of padding the cells to the next power of two. On CUDA, the first call of a pass
+the last cell kept apart instead of padding the cells to the next power of two, and for channels_last inputs the
+channel-blocked forward (:mod:`._triton_kernels_cl`). On CUDA, the first call of a pass
 for a ``(dtype, shape, layout, cells)`` times every candidate of :func:`candidates` (the default first), keeps the
 fastest in memory and in a cache file beside the implementation choices (:mod:`._tune_store`), and logs it; the
 timings stay readable through :func:`tuning_records`. ``$PELK_MM_TRITON_TUNE=0`` or
@@ -91,24 +92,26 @@ class Variant(NamedTuple):
     num_stages: int = 3
     dot: bool = False
     htail: bool = False
+    bc: int = 0  # forward only: BC channels per program (:mod:`._triton_kernels_cl`, for channels_last); 0: one
 
     @property
     def name(self) -> str:
-        flags = ('-dot' if self.dot else '') + ('-htail' if self.htail else '')
+        flags = ('-dot' if self.dot else '') + ('-htail' if self.htail else '') + (f'-c{self.bc}' if self.bc else '')
         return f'bh{self.bh}-bw{self.bw}-w{self.num_warps}-s{self.num_stages}{flags}'
 
 
 def parse_variant(text: str) -> Variant:
     """The variant named ``text`` (:attr:`Variant.name`, e.g. ``'bh64-bw32-w4-s3-dot'``)."""
-    m = re.fullmatch(r'bh(\d+)-bw(\d+)-w(\d+)-s(\d+)((?:-dot|-htail)*)', str(text).strip())
+    m = re.fullmatch(r'bh(\d+)-bw(\d+)-w(\d+)-s(\d+)((?:-dot|-htail)*)(?:-c(\d+))?', str(text).strip())
     if m is None:
         raise ValueError(f'{text!r} is not a Triton variant name; write it like "bh64-bw32-w4-s3" with optional '
-                         f'"-dot" and "-htail" suffixes')
+                         f'"-dot", "-htail" and "-c<channels>" suffixes')
     bh, bw, warps, stages = (int(g) for g in m.groups()[:4])
-    for name, v in (('bh', bh), ('bw', bw), ('w', warps)):
+    bc = int(m.group(6) or 0)
+    for name, v in (('bh', bh), ('bw', bw), ('w', warps)) + ((('c', bc), ) if bc else ()):
         if v < 1 or v & (v - 1):
             raise ValueError(f'{text!r}: {name}{v} must be a power of two')
-    return Variant(bh, bw, warps, stages, '-dot' in m.group(5), '-htail' in m.group(5))
+    return Variant(bh, bw, warps, stages, '-dot' in m.group(5), '-htail' in m.group(5), bc)
 
 
 class Launch(NamedTuple):
@@ -123,13 +126,22 @@ class Launch(NamedTuple):
     num_stages: int
     dot: bool
     htail: bool
+    bc: int
 
 
 def plan(v: Variant, h: int, w: int, gh: int, gw: int, kw: int) -> Optional[Launch]:
     """The launch of variant ``v`` on an ``h x w`` map with ``gh x gw`` cropped cells and a kernel ``kw`` taps wide;
-    None when the variant cannot run this shape (``htail`` without ``2^p + 1`` H-cells, ``tl.dot`` below 16 rows)."""
+    None when the variant cannot run this shape (``htail`` without ``2^p + 1`` H-cells, ``tl.dot`` below 16 rows,
+    a channel block with either)."""
     bh = min(_next_pow2(h, 4), v.bh)
     bw = min(_next_pow2(w, 8), v.bw)
+    if v.bc:
+        if v.dot or v.htail:
+            return None
+        from ._triton_kernels_cl import cl_padding
+        bw = min(_next_pow2(w), v.bw)
+        bwh, ghp, gwp = cl_padding(v.bc, bw, gh, gw, kw, v.num_warps)
+        return Launch(bh, bw, bwh, ghp, gwp, v.num_warps, v.num_stages, False, False, v.bc)
     if v.htail:
         ghp = gh - 1
         if ghp < 2 or ghp & (ghp - 1):
@@ -147,7 +159,7 @@ def plan(v: Variant, h: int, w: int, gh: int, gw: int, kw: int) -> Optional[Laun
         if v.htail:
             return None
         ghp = _next_pow2(_cdiv(32 * v.num_warps, bw))
-    return Launch(bh, bw, _next_pow2(bw + kw - 1), ghp, gwp, v.num_warps, v.num_stages, v.dot, v.htail)
+    return Launch(bh, bw, _next_pow2(bw + kw - 1), ghp, gwp, v.num_warps, v.num_stages, v.dot, v.htail, 0)
 
 
 def default_variant(pass_: str, h: int, w: int, gh: int, gw: int) -> Variant:
@@ -165,9 +177,11 @@ def default_variant(pass_: str, h: int, w: int, gh: int, gw: int) -> Variant:
     return Variant(_MAX_BH, bw, 8 if elems >= 8192 else 4 if elems >= 2048 else 2)
 
 
-def candidates(pass_: str, h: int, w: int, gh: int, gw: int, kw: int, f64: bool = False) -> List[Variant]:
+def candidates(pass_: str, h: int, w: int, gh: int, gw: int, kw: int, f64: bool = False,
+               channels_last: bool = False) -> List[Variant]:
     """The variants the tuner times for one shape, the default first; those with the same launch as an earlier
-    one, or that cannot run the shape, are left out."""
+    one, or that cannot run the shape, are left out. Forward on channels_last inputs adds the channel-blocked
+    program."""
     d = default_variant(pass_, h, w, gh, gw)
     more = [d._replace(bw=min(d.bw * 2, 64)), d._replace(num_warps=min(d.num_warps * 2, 8))]
     if pass_ == 'fwd':  # NOTE: fewer rows per program: more programs for small batches, more halo rows read
@@ -176,6 +190,10 @@ def candidates(pass_: str, h: int, w: int, gh: int, gw: int, kw: int, f64: bool 
         more += [d._replace(dot=True, bw=bw, num_warps=4) for bw in ((32, 64) if pass_ == 'fwd' else (16, 32, 64))]
         if pass_ == 'fwd':
             more += [d._replace(dot=True, htail=True, bw=32, num_warps=4)]
+    if pass_ == 'fwd' and channels_last:
+        from ._triton_kernels_cl import cl_tiles
+        t = cl_tiles(h, w, gh, gw, kw)
+        more += [Variant(t.bh, t.bw, t.num_warps, bc=t.bc), Variant(t.bh, t.bw, t.num_warps, bc=max(t.bc // 2, 1))]
     out, seen = [], set()
     for v in [d] + more:
         launch = plan(v, h, w, gh, gw, kw)
@@ -352,18 +370,21 @@ def forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: 
     tables = (_int_table(_cell_of(lo_h, hi_h), dev), _int_table(tuple(lo_w), dev), _int_table(tuple(hi_w), dev))
     f64 = x.dtype == torch.float64
 
-    def launch(v: Variant) -> None:
+    def launch(v: Variant) -> torch.Tensor:
         p = plan(v, H, W, gh, gw, kw)
         if p is None or (p.dot and f64):
             raise ValueError(f'Triton variant {v.name} cannot run a {H}x{W} {x.dtype} map with {gh}x{gw} cells')
+        if p.bc:
+            from ._triton_kernels_cl import forward_triton_cl
+            return forward_triton_cl(x, w, lo_h, hi_h, lo_w, hi_w, p.bc, p.bh, p.bw, p.num_warps, p.num_stages)
         kernels().periconv_fwd_kernel[(N * C, _cdiv(H, p.bh), _cdiv(W, p.bw))](
             x, w, y, *tables, C, H, W, gh, gw, lo_h[0], hi_h[-1], lo_w[0], kw, *x.stride(), *y.stride(),
             BH=p.bh, BW=p.bw, BWH=p.bwh, GHP=p.ghp, GWP=p.gwp, F64=f64, DOT=p.dot, HTAIL=p.htail,
             num_warps=p.num_warps, num_stages=p.num_stages)
+        return y
 
     key = _tune_key('fwd', x, lo_h, hi_h, lo_w, hi_w)
-    launch(_choose('fwd', key, x, candidates('fwd', H, W, gh, gw, kw, f64), launch))
-    return y
+    return launch(_choose('fwd', key, x, candidates('fwd', H, W, gh, gw, kw, f64, key[6]), launch))
 
 
 def grad_weight_triton(x: torch.Tensor, gy: torch.Tensor, lo_h: Sequence[int], hi_h: Sequence[int],
@@ -398,7 +419,7 @@ def grad_weight_triton(x: torch.Tensor, gy: torch.Tensor, lo_h: Sequence[int], h
         return part.sum(0)
 
     key = _tune_key('grad_w', x, lo_h, hi_h, lo_w, hi_w)
-    return launch(_choose('grad_w', key, x, candidates('grad_w', H, W, gh, gw, kw, f64), launch))
+    return launch(_choose('grad_w', key, x, candidates('grad_w', H, W, gh, gw, kw, f64, key[6]), launch))
 
 
 # ----------------------------------------------------------------------------------------------------------- ops

@@ -37,6 +37,8 @@ from typing import NamedTuple, Sequence, Tuple
 
 import torch
 
+from ._impl_triton import _cdiv, _cell_of, _int_table, _next_pow2
+
 _BLOCK_ELEMS = 8192  # elements of the (BC, k'_h, k'_w, BW) register block of the contraction
 _MAX_BC = 8  # channels per program: 32 bytes of float32 per column of a channels_last row segment
 _MAX_BH = 64  # output rows per program
@@ -140,14 +142,6 @@ def kernels() -> SimpleNamespace:
 
 
 # ------------------------------------------------------------------------------------------------------- launcher
-def _next_pow2(n: int, least: int = 1) -> int:
-    return max(1 << max(int(n) - 1, 0).bit_length(), least)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _is_pow2(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
@@ -168,7 +162,7 @@ def cl_padding(bc: int, bw: int, gh: int, gw: int, kw: int, num_warps: int) -> T
     """``(BWH, GHP, GWP)``: the row segment (tile + halo) and the padded cell counts of a launch.
 
     NOTE: Triton's GPU compiler fails (in its thread-locality pass) on a gather whose source holds fewer elements
-    than the program has threads, as noted in :func:`._impl_triton.tiles`. The H-cell pick's source
+    than the program has threads, as noted in :func:`._impl_triton.plan`. The H-cell pick's source
     ``(BC, GHP, BW)`` gets padded H-cells (zero weights); the W-box sums' source ``(BC, GWP, BWH)`` a longer masked
     row segment, which costs no contraction work.
     """
@@ -213,16 +207,6 @@ def cl_tiles(h: int, w: int, gh: int, gw: int, kw: int, block: int = _BLOCK_ELEM
     bwh = _next_pow2(bw + kw - 1)
     num_warps = _warps(max(bc * cells * bw, bc * bh * bw, bc * gwp * bwh))
     return ClTiles(bc, bh, bw, num_warps)
-
-
-@functools.lru_cache(maxsize=256)
-def _int_table(values: Tuple[int, ...], device: str) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32, device=device)
-
-
-def _cell_of(lo: Sequence[int], hi: Sequence[int]) -> Tuple[int, ...]:
-    """Cell index of every offset ``lo[0] .. hi[-1]`` (the cropped cells are contiguous)."""
-    return tuple(a for a, (l, h) in enumerate(zip(lo, hi)) for _ in range(h - l + 1))
 
 
 def forward_triton_cl(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: Sequence[int],

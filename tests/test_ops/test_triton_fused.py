@@ -311,7 +311,7 @@ def _shape_args(h, w, grid):
 @pytest.mark.parametrize('case', VARIANT_CASES, ids=_case_id)
 def test_triton_every_variant_matches_reference(triton_interpreter, case, dtype):
     """Every launch variant the tuner can pick -- tile shapes, warps, the tl.dot contraction, the 2^p + 1 H-cell
-    split -- gives forward, grad-input and grad-weight within the tolerance (bfloat16: the variants whose arithmetic
+    split, the channel-blocked forward for channels_last -- gives forward, grad-input and grad-weight within the tolerance (bfloat16: the variants whose arithmetic
     differs, i.e. the tl.dot ones)."""
     n, c, h, w, grid = case
     x, wt = _make(n, c, h, w, grid, dtype, seed=11)
@@ -323,6 +323,12 @@ def test_triton_every_variant_matches_reference(triton_interpreter, case, dtype)
     for i in range(max(len(fwd), len(gw))):
         with _impl_triton.use_variant('fwd', fwd[i % len(fwd)]), _impl_triton.use_variant('grad_w', gw[i % len(gw)]):
             check_impl('triton', x, wt, grid, TOL[dtype])
+    blocked = [v for v in _impl_triton.candidates('fwd', *shape, channels_last=True) if v.bc]
+    assert blocked and not any(v.bc for v in fwd)  # the channel-blocked forward: candidates for channels_last only
+    if dtype == torch.float32:
+        for v in blocked:
+            with _impl_triton.use_variant('fwd', v):
+                check_impl('triton', x, wt, grid, TOL[dtype], channels_last=True)
 
 
 @pytest.fixture
