@@ -196,25 +196,6 @@ def _env(name: str, value: str):
             os.environ[name] = old
 
 
-def _timed_ms(fn: Callable, device: torch.device, reps: int) -> float:
-    """Median milliseconds of ``reps`` calls after a warm-up (CUDA events on the GPU)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 def measure_peaks(device: torch.device, dtypes: List[str], quick: bool) -> Dict:
     """This run's copy bandwidth (GB/s, a large ``copy_``: read + write) and matmul rate (TFLOP/s, ``torch.mm``
     per dtype; float32 with TF32 off, as the exact kernels compute), the roofline the variants are measured
@@ -222,7 +203,7 @@ def measure_peaks(device: torch.device, dtypes: List[str], quick: bool) -> Dict:
     n_bytes = (1 << 20) if quick else (1 << 30)
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    copy_ms = _timed_ms(lambda: dst.copy_(src), device, 3 if quick else 10)
+    copy_ms = 1e3 * bpc._median_time(lambda: dst.copy_(src), device, 3 if quick else 10, 5.0)
     peaks = dict(copy_gbps=2 * n_bytes / copy_ms / 1e6, mm_tflops={})
     size = 256 if quick else 8192
     tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -230,7 +211,7 @@ def measure_peaks(device: torch.device, dtypes: List[str], quick: bool) -> Dict:
     try:
         for dname in dtypes:
             a = torch.randn(size, size, device=device).to(DTYPES[dname])
-            ms = _timed_ms(lambda: torch.mm(a, a), device, 3 if quick else 10)
+            ms = 1e3 * bpc._median_time(lambda: torch.mm(a, a), device, 3 if quick else 10, 5.0)
             peaks['mm_tflops'][dname] = 2 * size ** 3 / ms / 1e9
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -28,19 +28,19 @@ treats each as one opaque node.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import logging
 import os
 import re
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 
 from . import _tune_store
 from ._cells import axis_cells, crop_weight, mirror_cells, save_cells_context
+from ._triton_launch import cdiv as _cdiv, cell_of as _cell_of, int_table as _int_table, next_pow2 as _next_pow2
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,6 @@ def interpreter_mode() -> bool:
 def kernels():
     """The kernel module, imported on first use (``triton.jit`` reads ``TRITON_INTERPRET`` at that import)."""
     return importlib.import_module('._triton_kernels', __package__)
-
-
-def _next_pow2(n: int, least: int = 1) -> int:
-    return max(1 << max(int(n) - 1, 0).bit_length(), least)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-int(a) // int(b))
 
 
 # ------------------------------------------------------------------------------------------------------ variants
@@ -257,14 +249,9 @@ def tuning_enabled(x: torch.Tensor) -> bool:
     cache file), else ``$PELK_MM_TRITON_TUNE`` (1/0), else on for CUDA inputs."""
     if torch.are_deterministic_algorithms_enabled():
         return False
-    env = os.environ.get(TUNE_ENV_VAR, '').strip().lower()
-    if env in ('0', 'false', 'no', 'off'):
-        return False
-    if env in ('1', 'true', 'yes', 'on'):
-        return True
-    if env:
-        raise ValueError(f'${TUNE_ENV_VAR}={os.environ[TUNE_ENV_VAR]!r} is neither on nor off: set it to 1 (time '
-                         f'the Triton variants), 0 (the default variant) or unset it (timed on CUDA)')
+    env = _tune_store.env_switch(TUNE_ENV_VAR, 'time the Triton variants', 'the default variant', 'timed on CUDA')
+    if env is not None:
+        return env
     return x.is_cuda
 
 
@@ -340,16 +327,6 @@ def _tune_key(pass_: str, x: torch.Tensor, lo_h, hi_h, lo_w, hi_w) -> tuple:
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return (pass_, str(x.dtype).replace('torch.', ''), *x.shape, channels_last, tuple(lo_h), tuple(hi_h),
             tuple(lo_w), tuple(hi_w))
-
-
-@functools.lru_cache(maxsize=256)
-def _int_table(values: Tuple[int, ...], device: str) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32, device=device)
-
-
-def _cell_of(lo: Sequence[int], hi: Sequence[int]) -> Tuple[int, ...]:
-    """Cell index of every offset ``lo[0] .. hi[-1]`` (the cropped cells are contiguous)."""
-    return tuple(a for a, (l, h) in enumerate(zip(lo, hi)) for _ in range(h - l + 1))
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:

@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence, Tuple
 
 import torch
 
-from ._impl_triton import _cdiv, _cell_of, _int_table, _next_pow2
+from ._triton_launch import cdiv as _cdiv, cell_of as _cell_of, int_table as _int_table, next_pow2 as _next_pow2
 
 _BLOCK_ELEMS = 8192  # elements of the (BC, k'_h, k'_w, BW) register block of the contraction
 _MAX_BC = 8  # channels per program: 32 bytes of float32 per column of a channels_last row segment

@@ -13,13 +13,27 @@ import os
 import platform
 import re
 import tempfile
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 _LOADED: Dict[str, Dict[str, str]] = {}  # file -> {key text: choice}
+
+
+def env_switch(name: str, on: str, off: str, unset: str) -> Optional[bool]:
+    """A tuning switch from the environment: True (1/true/yes/on), False (0/false/no/off), None when unset; any
+    other value is refused in one line saying what each setting does (``on``/``off``/``unset``)."""
+    value = os.environ.get(name, '').strip().lower()
+    if value in ('0', 'false', 'no', 'off'):
+        return False
+    if value in ('1', 'true', 'yes', 'on'):
+        return True
+    if value:
+        raise ValueError(f'${name}={os.environ[name]!r} is neither on nor off: set it to 1 ({on}), 0 ({off}) or '
+                         f'unset it ({unset})')
+    return None
 
 
 def package_version(name: str) -> str:

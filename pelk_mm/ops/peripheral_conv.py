@@ -198,14 +198,9 @@ def autotune_enabled(x: Optional[torch.Tensor] = None) -> bool:
     CUDA inputs (where the fastest implementation depends on the GPU, dtype and layout) and off on CPU (``cpp``)."""
     if _autotune_flag is not None:
         return _autotune_flag
-    env = os.environ.get(AUTOTUNE_ENV_VAR, '').strip().lower()
-    if env in ('0', 'false', 'no', 'off'):
-        return False
-    if env in ('1', 'true', 'yes', 'on'):
-        return True
-    if env:
-        raise ValueError(f'${AUTOTUNE_ENV_VAR}={os.environ[AUTOTUNE_ENV_VAR]!r} is neither on nor off: set it to 1 '
-                         f'(time the implementations), 0 (static choice) or unset it (timed on CUDA only)')
+    env = _tune_store.env_switch(AUTOTUNE_ENV_VAR, 'time the implementations', 'static choice', 'timed on CUDA only')
+    if env is not None:
+        return env
     return x is not None and x.device.type == 'cuda'
 
 

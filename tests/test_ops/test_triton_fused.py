@@ -400,3 +400,7 @@ def test_triton_variant_forced_or_default(triton_interpreter, tuning, monkeypatc
     monkeypatch.setenv('PELK_MM_TRITON_VARIANT', 'fast')
     with pytest.raises(ValueError, match=r"'fast' is not a Triton variant name"):
         peripheral_conv2d(x, wt, grid, 'triton')
+    monkeypatch.delenv('PELK_MM_TRITON_VARIANT')
+    monkeypatch.setenv('PELK_MM_TRITON_TUNE', 'sometimes')
+    with pytest.raises(ValueError, match=r"PELK_MM_TRITON_TUNE='sometimes' is neither on nor off"):
+        peripheral_conv2d(x, wt, grid, 'triton')
