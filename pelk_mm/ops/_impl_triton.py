@@ -280,7 +280,7 @@ def _time_ms(launch: Callable[[Variant], object], v: Variant, device: torch.devi
     return min(first, timed(reps), timed(reps))
 
 
-def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: List[Variant],
+def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: Callable[[], List[Variant]],
             launch: Callable[[Variant], object]) -> Variant:
     """The variant for ``key``: forced, else remembered, else from the cache file, else timed (every candidate,
     fastest wins), else the default."""
@@ -289,8 +289,9 @@ def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: List[Variant],
         return forced
     if key in _CHOICES:
         return _CHOICES[key]
+    default = default_variant(pass_, key[4], key[5], len(key[7]), len(key[9]))  # key: see _tune_key
     if torch.compiler.is_compiling() or not tuning_enabled(x):
-        return cands[0]
+        return default
     path = _tune_store.cache_file(x.device, 'triton')
     stored = _tune_store.load(path).get(_tune_store.key_text(key))
     record: Dict = dict(candidates={})
@@ -302,7 +303,7 @@ def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: List[Variant],
         except ValueError:
             chosen = None
     if chosen is None:
-        for v in cands:
+        for v in cands():
             try:
                 record['candidates'][v.name] = _time_ms(launch, v, x.device)
             except Exception as err:  # noqa: BLE001 - a variant that does not compile or run is not chosen
@@ -316,7 +317,7 @@ def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: List[Variant],
         choices = _tune_store.load(path)
         choices[_tune_store.key_text(key)] = chosen.name
         _tune_store.save(path, choices)
-    record.update(winner=chosen.name, default=cands[0].name)
+    record.update(winner=chosen.name, default=default.name)
     _RECORDS[key] = record
     _CHOICES[key] = chosen
     logger.info('pelk_mm triton %s: %s -> %s (%s)', pass_, key, chosen.name, record['how'])
@@ -324,6 +325,7 @@ def _choose(pass_: str, key: tuple, x: torch.Tensor, cands: List[Variant],
 
 
 def _tune_key(pass_: str, x: torch.Tensor, lo_h, hi_h, lo_w, hi_w) -> tuple:
+    """``(pass, dtype, N, C, H, W, channels_last, lo_h, hi_h, lo_w, hi_w)``."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return (pass_, str(x.dtype).replace('torch.', ''), *x.shape, channels_last, tuple(lo_h), tuple(hi_h),
             tuple(lo_w), tuple(hi_w))
@@ -337,9 +339,8 @@ def forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: 
                    lo_w: Sequence[int], hi_w: Sequence[int]) -> torch.Tensor:
     """``x`` ``(N, C, H, W)`` (any strides), ``w`` ``(C, Gh, Gw)`` -> ``y`` in the memory format of ``x``."""
     N, C, H, W = x.shape
-    y = torch.empty_like(x)
-    if y.numel() == 0:
-        return y
+    if x.numel() == 0:
+        return torch.empty_like(x)
     gh, gw = len(lo_h), len(lo_w)
     kw = hi_w[-1] - lo_w[0] + 1
     dev = str(x.device)
@@ -354,6 +355,7 @@ def forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: 
         if p.bc:
             from ._triton_kernels_cl import forward_triton_cl
             return forward_triton_cl(x, w, lo_h, hi_h, lo_w, hi_w, p.bc, p.bh, p.bw, p.num_warps, p.num_stages)
+        y = torch.empty_like(x)
         kernels().periconv_fwd_kernel[(N * C, _cdiv(H, p.bh), _cdiv(W, p.bw))](
             x, w, y, *tables, C, H, W, gh, gw, lo_h[0], hi_h[-1], lo_w[0], kw, *x.stride(), *y.stride(),
             BH=p.bh, BW=p.bw, BWH=p.bwh, GHP=p.ghp, GWP=p.gwp, F64=f64, DOT=p.dot, HTAIL=p.htail,
@@ -361,7 +363,8 @@ def forward_triton(x: torch.Tensor, w: torch.Tensor, lo_h: Sequence[int], hi_h: 
         return y
 
     key = _tune_key('fwd', x, lo_h, hi_h, lo_w, hi_w)
-    return launch(_choose('fwd', key, x, candidates('fwd', H, W, gh, gw, kw, f64, key[6]), launch))
+    # NOTE: the candidate list is only built when the variants are timed, not on every call
+    return launch(_choose('fwd', key, x, lambda: candidates('fwd', H, W, gh, gw, kw, f64, key[6]), launch))
 
 
 def grad_weight_triton(x: torch.Tensor, gy: torch.Tensor, lo_h: Sequence[int], hi_h: Sequence[int],
@@ -396,7 +399,7 @@ def grad_weight_triton(x: torch.Tensor, gy: torch.Tensor, lo_h: Sequence[int], h
         return part.sum(0)
 
     key = _tune_key('grad_w', x, lo_h, hi_h, lo_w, hi_w)
-    return launch(_choose('grad_w', key, x, candidates('grad_w', H, W, gh, gw, kw, f64, key[6]), launch))
+    return launch(_choose('grad_w', key, x, lambda: candidates('grad_w', H, W, gh, gw, kw, f64, key[6]), launch))
 
 
 # ----------------------------------------------------------------------------------------------------------- ops
